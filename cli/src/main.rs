@@ -1,0 +1,668 @@
+//! `potluck`: put, get, list, stat and remove objects in a Potluck fleet, and
+//! run a local fleet for development (`potluck dev up`).
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use potluck_cli::address::{parse_range, BucketPrefix, ObjectAddr};
+use potluck_cli::client::{ByteRange, Client, ClientError, ClientOptions};
+use potluck_cli::exit;
+use potluck_cli::fleet::{find_agent_bin, Fleet, FleetConfig, FleetError};
+use potluck_cli::human::{format_size, format_unix_ms, format_unix_ms_short, parse_size};
+use potluck_cli::progress::TransferBar;
+use tokio::io::{AsyncRead, AsyncWriteExt};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "potluck",
+    version,
+    about = "Store and fetch objects in a Potluck fleet, or run one locally",
+    after_help = "Exit codes: 0 ok, 1 other error, 2 usage, 3 not found, 4 unavailable, 5 invalid argument or failed precondition.\n\nStart a local fleet with `potluck dev up`, then e.g. `echo hi | potluck put demo/hi.txt`."
+)]
+struct Cli {
+    /// Agents to talk to, comma-separated; any agent is a gateway, and calls
+    /// are spread over those that answer.
+    #[arg(
+        long,
+        global = true,
+        env = "POTLUCK_ENDPOINT",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:7100",
+        value_name = "URL"
+    )]
+    endpoint: Vec<String>,
+
+    /// Pool to address [default: the fleet's "default" pool]
+    #[arg(long, global = true, env = "POTLUCK_POOL", value_name = "NAME")]
+    pool: Option<String>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Upload FILE (or stdin) as BUCKET/KEY
+    Put {
+        /// Where to store it, e.g. photos/2024/cat.jpg (the key may contain '/')
+        #[arg(value_name = "BUCKET/KEY")]
+        object: ObjectAddr,
+        /// File to upload; stdin when omitted or "-"
+        #[arg(value_name = "FILE|-")]
+        file: Option<PathBuf>,
+    },
+    /// Download BUCKET/KEY into FILE (or stdout)
+    Get {
+        /// The object to read, e.g. photos/2024/cat.jpg
+        #[arg(value_name = "BUCKET/KEY")]
+        object: ObjectAddr,
+        /// File to write (replaced only once the download is complete);
+        /// stdout when omitted or "-"
+        #[arg(value_name = "FILE|-")]
+        file: Option<PathBuf>,
+        /// Only these bytes: START-END (END inclusive) or START- (to the end)
+        #[arg(long, value_name = "START-END", value_parser = parse_range)]
+        range: Option<ByteRange>,
+    },
+    /// List the keys of a bucket, optionally under a prefix
+    Ls {
+        /// A bucket, optionally with a key prefix, e.g. photos or photos/2024/
+        #[arg(value_name = "BUCKET[/PREFIX]")]
+        target: BucketPrefix,
+        /// Also show size and creation time (UTC)
+        #[arg(long, short = 'l')]
+        long: bool,
+    },
+    /// Delete BUCKET/KEY
+    Rm {
+        /// The object to delete, e.g. photos/2024/cat.jpg
+        #[arg(value_name = "BUCKET/KEY")]
+        object: ObjectAddr,
+    },
+    /// Show BUCKET/KEY's size, version, time, hash and erasure coding
+    Stat {
+        /// The object to describe, e.g. photos/2024/cat.jpg
+        #[arg(value_name = "BUCKET/KEY")]
+        object: ObjectAddr,
+    },
+    /// Local development fleet
+    Dev {
+        #[command(subcommand)]
+        command: DevCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DevCommand {
+    /// Start a fleet of local agents and keep it running until Ctrl-C
+    Up(DevUpArgs),
+}
+
+#[derive(Args, Debug)]
+struct DevUpArgs {
+    /// Number of agents (each its own failure domain)
+    #[arg(long, default_value_t = 6)]
+    agents: usize,
+    /// Where agent data and logs live (kept across runs)
+    #[arg(long, default_value = "./potluck-data")]
+    dir: PathBuf,
+    /// Data shards per stripe
+    #[arg(long, default_value_t = 4)]
+    k: u32,
+    /// Parity shards per stripe (agents that may be lost)
+    #[arg(long, default_value_t = 2)]
+    m: u32,
+    /// Shard size, e.g. 1MiB or 256KiB
+    #[arg(long, default_value = "1MiB", value_parser = parse_size, value_name = "SIZE")]
+    chunk_size: u64,
+    /// Placement groups of the pool (a power of two)
+    #[arg(long, default_value_t = 128)]
+    pgs: u32,
+    /// Capacity each agent offers, e.g. 10GiB
+    #[arg(long, default_value = "10GiB", value_parser = parse_size, value_name = "SIZE")]
+    capacity: u64,
+    /// Agent i serves gRPC on P+i and metrics on P+100+i; 0 picks free ports
+    #[arg(long, default_value_t = 7100, value_name = "P")]
+    base_port: u16,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::OTHER);
+        }
+    };
+    let result = runtime.block_on(run(cli));
+    // Do not wait for stdin readers parked in blocking threads.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => report(&err),
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Prints `error: ...` and a hint, and picks the exit code.
+fn report(err: &anyhow::Error) -> ExitCode {
+    if is_broken_pipe(err) {
+        // The reader went away (`potluck ls b | head`): not our failure.
+        return ExitCode::SUCCESS;
+    }
+    let mut code = exit::OTHER;
+    let mut hint = None;
+    for cause in err.chain() {
+        if let Some(e) = cause.downcast_ref::<ClientError>() {
+            code = exit::client_exit_code(e);
+            hint = exit::client_hint(e);
+            break;
+        }
+        if let Some(e) = cause.downcast_ref::<FleetError>() {
+            hint = exit::fleet_hint(e);
+            break;
+        }
+    }
+    eprintln!("error: {}", error_text(err));
+    if let Some(hint) = hint {
+        eprintln!("hint: {hint}");
+    }
+    ExitCode::from(code)
+}
+
+/// The error and its causes on one line, skipping causes already quoted.
+fn error_text(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain() {
+        let part = cause.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        let io = match cause.downcast_ref::<ClientError>() {
+            Some(ClientError::Output(e)) => Some(e),
+            _ => cause.downcast_ref::<std::io::Error>(),
+        };
+        io.is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    if let Command::Dev {
+        command: DevCommand::Up(args),
+    } = cli.command
+    {
+        return dev_up(args).await;
+    }
+    let options = ClientOptions {
+        pool: cli.pool.clone().unwrap_or_default(),
+        ..ClientOptions::default()
+    };
+    let client = Client::connect_with(&cli.endpoint, options).await?;
+    match cli.command {
+        Command::Put { object, file } => put(&client, &object, stdio_path(file)).await,
+        Command::Get {
+            object,
+            file,
+            range,
+        } => get(&client, &object, stdio_path(file), range).await,
+        Command::Ls { target, long } => ls(&client, &target, long).await,
+        Command::Rm { object } => {
+            let version = client.delete(&object.bucket, &object.key).await?;
+            println!("removed {object} (tombstone version {version})");
+            Ok(())
+        }
+        Command::Stat { object } => stat(&client, &object).await,
+        Command::Dev { .. } => unreachable!("handled above"),
+    }
+}
+
+/// `None` for stdin/stdout: the argument was omitted or "-".
+fn stdio_path(file: Option<PathBuf>) -> Option<PathBuf> {
+    file.filter(|p| p.as_os_str() != "-")
+}
+
+type Input = Box<dyn AsyncRead + Unpin + Send>;
+
+/// Opens the upload source and learns its size when it has one, so the
+/// server can check it and the bar can show a percentage.
+async fn open_input(file: Option<&Path>) -> Result<(Input, Option<u64>)> {
+    if let Some(path) = file {
+        let file = tokio::fs::File::open(path)
+            .await
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        let meta = file
+            .metadata()
+            .await
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        if meta.is_dir() {
+            bail!(
+                "{} is a directory; upload files one at a time",
+                path.display()
+            );
+        }
+        return Ok((Box::new(file), meta.is_file().then_some(meta.len())));
+    }
+    // `potluck put b/k < file`: stdin is a regular file with a known size.
+    #[cfg(unix)]
+    {
+        use std::io::Seek;
+        use std::os::fd::AsFd;
+        if let Ok(fd) = std::io::stdin().as_fd().try_clone_to_owned() {
+            let mut file = std::fs::File::from(fd);
+            if let (Ok(meta), Ok(pos)) = (file.metadata(), file.stream_position()) {
+                if meta.is_file() {
+                    let size = meta.len().saturating_sub(pos);
+                    return Ok((Box::new(tokio::fs::File::from_std(file)), Some(size)));
+                }
+            }
+        }
+    }
+    if std::io::stdin().is_terminal() {
+        eprintln!("reading the object from stdin; end it with Ctrl-D");
+    }
+    Ok((Box::new(tokio::io::stdin()), None))
+}
+
+async fn put(client: &Client, object: &ObjectAddr, file: Option<PathBuf>) -> Result<()> {
+    let (input, size) = open_input(file.as_deref()).await?;
+    let mut bar = TransferBar::new(format!("put {object}"), std::io::stderr().is_terminal());
+    let response = client
+        .put(&object.bucket, &object.key, input, size, |p| bar.update(p))
+        .await?;
+    bar.finish();
+    let (size, version) = response
+        .info
+        .as_ref()
+        .map_or((size.unwrap_or(0), 0), |i| (i.size, i.version));
+    println!(
+        "put {object}: {} ({size} bytes), version {version}",
+        format_size(size)
+    );
+    if response.degraded_stripes > 0 {
+        eprintln!(
+            "warning: {} stripe(s) were stored without some of their members; the fleet heals them when those members return",
+            response.degraded_stripes
+        );
+    }
+    Ok(())
+}
+
+async fn get(
+    client: &Client,
+    object: &ObjectAddr,
+    file: Option<PathBuf>,
+    range: Option<ByteRange>,
+) -> Result<()> {
+    let stderr_tty = std::io::stderr().is_terminal();
+    let Some(path) = file else {
+        let mut stdout = tokio::io::stdout();
+        // No bar over binary data in the same terminal.
+        let show = stderr_tty && !std::io::stdout().is_terminal();
+        let mut bar = TransferBar::new(format!("get {object}"), show);
+        client
+            .get(&object.bucket, &object.key, range, &mut stdout, |p| {
+                bar.update(p)
+            })
+            .await?;
+        stdout.flush().await?;
+        return Ok(());
+    };
+    // Write next to the target and rename at the end, so a failed download
+    // never leaves a file that looks complete.
+    let mut partial = path.clone().into_os_string();
+    partial.push(".potluck-partial");
+    let partial = PathBuf::from(partial);
+    let mut out = tokio::fs::File::create(&partial)
+        .await
+        .with_context(|| format!("cannot create {}", partial.display()))?;
+    let mut bar = TransferBar::new(format!("get {object}"), stderr_tty);
+    let result = client
+        .get(&object.bucket, &object.key, range, &mut out, |p| {
+            bar.update(p)
+        })
+        .await;
+    bar.finish();
+    let info = match result {
+        Ok(info) => info,
+        Err(e) => {
+            drop(out);
+            let _ = tokio::fs::remove_file(&partial).await;
+            return Err(e.into());
+        }
+    };
+    out.sync_all()
+        .await
+        .with_context(|| format!("cannot write {}", partial.display()))?;
+    drop(out);
+    tokio::fs::rename(&partial, &path)
+        .await
+        .with_context(|| format!("cannot move {} into place", partial.display()))?;
+    let written = potluck_cli::client::expected_length(info.size, range);
+    println!(
+        "got {object} -> {}: {} ({written} bytes)",
+        path.display(),
+        format_size(written)
+    );
+    Ok(())
+}
+
+async fn ls(client: &Client, target: &BucketPrefix, long: bool) -> Result<()> {
+    let mut token = String::new();
+    loop {
+        let page = client
+            .list(&target.bucket, &target.prefix, &token, 0)
+            .await?;
+        // One write per page: listings can be long and stdout may be a pipe.
+        let mut text = String::new();
+        for object in &page.objects {
+            if long {
+                text.push_str(&format!(
+                    "{:>10}  {}  {}\n",
+                    format_size(object.size),
+                    format_unix_ms_short(object.created_unix_ms),
+                    object.key
+                ));
+            } else {
+                text.push_str(&object.key);
+                text.push('\n');
+            }
+        }
+        let mut stdout = std::io::stdout().lock();
+        stdout.write_all(text.as_bytes())?;
+        stdout.flush()?;
+        drop(stdout);
+        if page.next_page_token.is_empty() {
+            return Ok(());
+        }
+        if page.next_page_token == token {
+            bail!("the listing returned the same page token twice; the server may be misbehaving");
+        }
+        token = page.next_page_token;
+    }
+}
+
+async fn stat(client: &Client, object: &ObjectAddr) -> Result<()> {
+    let info = client.stat(&object.bucket, &object.key).await?;
+    let pool = if info.pool.is_empty() {
+        "default"
+    } else {
+        &info.pool
+    };
+    println!("key:        {}/{}", info.bucket, info.key);
+    println!("pool:       {pool}");
+    println!(
+        "size:       {} ({} bytes)",
+        format_size(info.size),
+        info.size
+    );
+    println!("version:    {}", info.version);
+    println!("created:    {}", format_unix_ms(info.created_unix_ms));
+    println!("blake3:     {}", info.blake3);
+    println!(
+        "erasure:    k={} m={} ({}+{}: survives {} lost shards per stripe)",
+        info.k, info.m, info.k, info.m, info.m
+    );
+    println!(
+        "chunk size: {} ({} bytes)",
+        format_size(info.chunk_size),
+        info.chunk_size
+    );
+    Ok(())
+}
+
+/// SIGINT, SIGTERM or SIGHUP: any of them means "stop the fleet".
+struct ShutdownSignals {
+    #[cfg(unix)]
+    signals: Vec<tokio::signal::unix::Signal>,
+}
+
+impl ShutdownSignals {
+    fn install() -> Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let kinds = [
+                SignalKind::interrupt(),
+                SignalKind::terminate(),
+                SignalKind::hangup(),
+            ];
+            let signals = kinds
+                .into_iter()
+                .map(signal)
+                .collect::<std::io::Result<Vec<_>>>()
+                .context("cannot install signal handlers")?;
+            Ok(Self { signals })
+        }
+        #[cfg(not(unix))]
+        Ok(Self {})
+    }
+
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        {
+            let waits = self.signals.iter_mut().map(|s| Box::pin(s.recv()));
+            futures::future::select_all(waits).await;
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+async fn dev_up(args: DevUpArgs) -> Result<()> {
+    // Before any agent exists: a Ctrl-C during startup must still clean up.
+    let mut signals = ShutdownSignals::install()?;
+    let width = u64::from(args.k) + u64::from(args.m);
+    if (args.agents as u64) < width {
+        bail!(
+            "{} agents cannot hold {}+{} stripes: every stripe needs k+m={width} agents in distinct failure domains; pass --agents {width} or more, or lower --k/--m",
+            args.agents,
+            args.k,
+            args.m
+        );
+    }
+    let mut cfg = FleetConfig::new(&args.dir);
+    cfg.agent_bin = find_agent_bin()?;
+    cfg.agents = args.agents;
+    cfg.k = args.k;
+    cfg.m = args.m;
+    cfg.chunk_size = args.chunk_size;
+    cfg.pg_count = args.pgs;
+    cfg.capacity_bytes = args.capacity;
+    cfg.base_port = Some(args.base_port);
+    cfg.own_process_group = true;
+    eprintln!(
+        "starting {} agents ({}+{}, {} chunks, {} PGs, {} each) in {} ...",
+        args.agents,
+        args.k,
+        args.m,
+        format_size(args.chunk_size),
+        args.pgs,
+        format_size(args.capacity),
+        args.dir.display()
+    );
+    let fleet = tokio::select! {
+        fleet = Fleet::start(cfg) => fleet?,
+        _ = signals.recv() => {
+            // Dropping the half-started fleet kills its agents.
+            eprintln!("interrupted; stopped the agents started so far");
+            return Ok(());
+        }
+    };
+    let mut fleet = fleet;
+    print_howto(&fleet, &args)?;
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = signals.recv() => break,
+            _ = ticker.tick() => {
+                for (i, status) in fleet.try_exited() {
+                    eprintln!(
+                        "warning: {} exited ({status}); its log is {}. The fleet keeps serving with up to m={} agents down; restart `potluck dev up` to bring it back",
+                        fleet.id(i),
+                        fleet.log_path(i).display(),
+                        args.m
+                    );
+                }
+            }
+        }
+    }
+    eprintln!("stopping agents (Ctrl-C again to kill them) ...");
+    tokio::select! {
+        result = fleet.shutdown() => result?,
+        _ = signals.recv() => eprintln!("killed the agents"),
+    }
+    eprintln!("stopped; data and logs are kept in {}", args.dir.display());
+    Ok(())
+}
+
+fn print_howto(fleet: &Fleet, args: &DevUpArgs) -> Result<()> {
+    let endpoints = fleet.endpoints();
+    let map = fleet.map();
+    let first = fleet.grpc_addr(0);
+    let mut out = String::new();
+    out.push_str(&format!(
+        "\nPotluck dev fleet is up: {} agents, pool \"default\" {}+{}, {} chunks, {} PGs, map epoch {}\n",
+        fleet.len(),
+        args.k,
+        args.m,
+        format_size(args.chunk_size),
+        args.pgs,
+        map.epoch
+    ));
+    out.push_str(&format!(
+        "Data and logs: {} (agent-<i>/ and agent-<i>.log)\n\n",
+        args.dir.display()
+    ));
+    for i in 0..fleet.len() {
+        out.push_str(&format!(
+            "  {:<9} grpc {:<21} metrics http://{}/metrics\n",
+            fleet.id(i),
+            fleet.grpc_addr(i).to_string(),
+            fleet.metrics_addr(i)
+        ));
+    }
+    for pool in &map.pools {
+        if !pool.unplaceable_reason.is_empty() {
+            out.push_str(&format!(
+                "\nwarning: pool {:?} cannot place data: {}\n",
+                pool.name, pool.unplaceable_reason
+            ));
+        }
+    }
+    out.push_str("\nTry it from another terminal:\n");
+    out.push_str(&format!(
+        "  export POTLUCK_ENDPOINT={}\n",
+        endpoints.join(",")
+    ));
+    out.push_str("  echo 'hello, potluck' | potluck put demo/hello.txt\n");
+    out.push_str("  potluck get demo/hello.txt\n");
+    out.push_str("  potluck put demo/big.bin ./some-large-file\n");
+    out.push_str("  potluck ls demo --long\n");
+    out.push_str("  potluck stat demo/hello.txt\n");
+    out.push_str(&format!("  grpcurl -plaintext {first} list\n"));
+    out.push_str(&format!(
+        "  curl -s http://{}/metrics | head\n",
+        fleet.metrics_addr(0)
+    ));
+    out.push_str("\nCtrl-C stops the fleet; the data stays for the next `potluck dev up`.\n");
+    out.push_str(&format!(
+        "POTLUCK_FLEET_READY endpoints={}\n",
+        endpoints.join(",")
+    ));
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(out.as_bytes())?;
+    stdout.flush()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn endpoints_split_on_commas() {
+        let cli = Cli::try_parse_from(["potluck", "--endpoint", "http://a:1,b:2", "stat", "b/k"])
+            .unwrap();
+        assert_eq!(cli.endpoint, ["http://a:1", "b:2"]);
+    }
+
+    #[test]
+    fn bad_addresses_are_usage_errors() {
+        let err = Cli::try_parse_from(["potluck", "put", "nokey"]).unwrap_err();
+        assert_eq!(err.exit_code(), i32::from(exit::USAGE));
+        let err = Cli::try_parse_from(["potluck", "get", "b/k", "--range", "9-1"]).unwrap_err();
+        assert_eq!(err.exit_code(), i32::from(exit::USAGE));
+        let err = Cli::try_parse_from(["potluck", "dev", "up", "--capacity", "lots"]).unwrap_err();
+        assert_eq!(err.exit_code(), i32::from(exit::USAGE));
+    }
+
+    #[test]
+    fn dash_means_stdio() {
+        assert_eq!(stdio_path(Some(PathBuf::from("-"))), None);
+        assert_eq!(stdio_path(None), None);
+        assert_eq!(
+            stdio_path(Some(PathBuf::from("x.bin"))),
+            Some(PathBuf::from("x.bin"))
+        );
+    }
+
+    #[test]
+    fn dev_up_defaults() {
+        let cli = Cli::try_parse_from(["potluck", "dev", "up"]).unwrap();
+        let Command::Dev {
+            command: DevCommand::Up(args),
+        } = cli.command
+        else {
+            panic!("not dev up");
+        };
+        assert_eq!(args.agents, 6);
+        assert_eq!((args.k, args.m, args.pgs), (4, 2, 128));
+        assert_eq!(args.chunk_size, 1 << 20);
+        assert_eq!(args.capacity, 10 << 30);
+        assert_eq!(args.base_port, 7100);
+    }
+
+    #[test]
+    fn error_text_skips_repeated_causes() {
+        let inner = std::io::Error::other("disk on fire");
+        let err = anyhow::Error::new(inner).context("cannot open x: disk on fire");
+        assert_eq!(error_text(&err), "cannot open x: disk on fire");
+        let err = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(error_text(&err), "outer: inner");
+    }
+}

@@ -1,0 +1,200 @@
+//! Helpers for end-to-end tests and benchmarks against real agent processes:
+//! raw gRPC clients (so tests see exact status codes), payload generation and
+//! a `/metrics` scraper.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use potluck_proto::v1 as pb;
+use pb::object_service_client::ObjectServiceClient;
+use rand::RngCore;
+use tonic::transport::Channel;
+use tonic::Status;
+
+
+pub use potluck_cli::fleet::{Fleet, FleetConfig};
+
+pub const MIB: usize = 1 << 20;
+
+/// A fleet in a temporary directory, removed after the agents are stopped.
+pub struct TestFleet {
+    pub fleet: Fleet,
+    _dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for TestFleet {
+    type Target = Fleet;
+    fn deref(&self) -> &Fleet {
+        &self.fleet
+    }
+}
+
+impl std::ops::DerefMut for TestFleet {
+    fn deref_mut(&mut self) -> &mut Fleet {
+        &mut self.fleet
+    }
+}
+
+/// Six agents, 4+2, 1 MiB chunks, on free loopback ports.
+pub async fn start_fleet(extra_agent_args: &[&str]) -> TestFleet {
+    start_fleet_with(extra_agent_args, |_| {}).await
+}
+
+/// Like [`start_fleet`], with a second pool "wide" (5+3) that six members
+/// cannot place.
+pub async fn start_fleet_with_wide_pool() -> TestFleet {
+    start_fleet_with(&[], |cfg| {
+        let mut pools = cfg.effective_pools();
+        let mut wide = pools[0].clone();
+        wide.name = "wide".into();
+        wide.k = 5;
+        wide.m = 3;
+        pools.push(wide);
+        cfg.pools = pools;
+    })
+    .await
+}
+
+pub async fn start_fleet_with(
+    extra_agent_args: &[&str],
+    tweak: impl FnOnce(&mut FleetConfig),
+) -> TestFleet {
+    let dir = tempfile::Builder::new()
+        .prefix("potluck-e2e-")
+        .tempdir()
+        .expect("temp dir");
+    let mut cfg = FleetConfig::new(dir.path());
+    cfg.extra_agent_args = extra_agent_args.iter().map(|s| s.to_string()).collect();
+    tweak(&mut cfg);
+    let fleet = Fleet::start(cfg)
+        .await
+        .unwrap_or_else(|e| panic!("starting the fleet: {e}"));
+    TestFleet { fleet, _dir: dir }
+}
+
+pub async fn object_client(endpoint: &str) -> ObjectServiceClient<Channel> {
+    let channel = potluck_agent::peers::endpoint(endpoint.to_string())
+        .expect("valid endpoint")
+        .timeout(Duration::from_secs(120))
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("connecting to {endpoint}: {e}"));
+    ObjectServiceClient::new(channel)
+        .max_decoding_message_size(potluck_agent::peers::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(potluck_agent::peers::MAX_MESSAGE_BYTES)
+}
+
+pub fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
+    use rand::SeedableRng;
+    let mut v = vec![0u8; n];
+    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut v);
+    v
+}
+
+pub fn header(bucket: &str, key: &str) -> pb::PutObjectRequest {
+    pb::PutObjectRequest {
+        body: Some(pb::put_object_request::Body::Header(pb::PutObjectHeader {
+            bucket: bucket.into(),
+            key: key.into(),
+            pool: String::new(),
+            size: None,
+        })),
+    }
+}
+
+pub fn chunk(data: Bytes) -> pb::PutObjectRequest {
+    pb::PutObjectRequest {
+        body: Some(pb::put_object_request::Body::Chunk(data)),
+    }
+}
+
+/// Puts `data` as one header and 1 MiB chunks.
+pub async fn put(
+    c: &mut ObjectServiceClient<Channel>,
+    bucket: &str,
+    key: &str,
+    data: &[u8],
+) -> Result<pb::PutObjectResponse, Status> {
+    let data = Bytes::copy_from_slice(data);
+    let mut msgs = vec![header(bucket, key)];
+    let mut off = 0;
+    while off < data.len() {
+        let end = (off + MIB).min(data.len());
+        msgs.push(chunk(data.slice(off..end)));
+        off = end;
+    }
+    c.put_object(tokio_stream::iter(msgs)).await.map(|r| r.into_inner())
+}
+
+pub async fn get_range(
+    c: &mut ObjectServiceClient<Channel>,
+    bucket: &str,
+    key: &str,
+    offset: Option<u64>,
+    length: Option<u64>,
+) -> Result<Vec<u8>, Status> {
+    let mut stream = c
+        .get_object(pb::GetObjectRequest {
+            bucket: bucket.into(),
+            key: key.into(),
+            pool: String::new(),
+            offset,
+            length,
+        })
+        .await?
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(m) = stream.message().await? {
+        out.extend_from_slice(&m.chunk);
+    }
+    Ok(out)
+}
+
+pub async fn get(c: &mut ObjectServiceClient<Channel>, bucket: &str, key: &str) -> Result<Vec<u8>, Status> {
+    get_range(c, bucket, key, None, None).await
+}
+
+/// Reads one metric's value (summed over label sets matching `filter`) from an
+/// agent's `/metrics`.
+pub async fn metric(metrics_addr: &str, name: &str, filter: &str) -> f64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(metrics_addr)
+        .await
+        .unwrap_or_else(|e| panic!("metrics at {metrics_addr}: {e}"));
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await
+        .expect("send metrics request");
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.expect("read metrics");
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| l.contains(filter))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Polls `check` until it holds; fails the test after `limit`. The pause
+/// between polls is a poll interval, not a guess at when work is done.
+pub async fn wait_until<F, Fut>(limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Peak resident memory of a process (VmHWM), from /proc.
+pub fn peak_rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}

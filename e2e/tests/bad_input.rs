@@ -1,0 +1,112 @@
+//! Malformed and impossible requests get a clear error, and the agent that
+//! received them keeps serving.
+
+use potluck_e2e::*;
+use potluck_proto::v1 as pb;
+use tonic::Code;
+
+const B: &str = "bad-input";
+
+fn assert_refused<T: std::fmt::Debug>(r: Result<T, tonic::Status>, code: Code, says: &str) {
+    let e = r.expect_err("must be refused");
+    assert_eq!(e.code(), code, "{e}");
+    assert!(e.message().contains(says), "message {:?} should mention {says:?}", e.message());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_are_refused_with_a_reason_and_the_agent_keeps_serving() {
+    // A second pool wider than the fleet: k+m = 8 > 6 members.
+    let fleet = start_fleet_with_wide_pool().await;
+    let ep = fleet.endpoints()[0].clone();
+    let mut c = object_client(&ep).await;
+
+    assert_refused(put(&mut c, B, "", b"x").await, Code::InvalidArgument, "key is empty");
+    assert_refused(
+        put(&mut c, B, &"k".repeat(1025), b"x").await,
+        Code::InvalidArgument,
+        "1024",
+    );
+    assert_refused(put(&mut c, "Bad_Bucket", "k", b"x").await, Code::InvalidArgument, "bucket");
+
+    // Data before any header.
+    let r = c
+        .put_object(tokio_stream::iter(vec![chunk(bytes::Bytes::from_static(b"data"))]))
+        .await;
+    assert_refused(r, Code::InvalidArgument, "header");
+    // An empty stream.
+    let r = c.put_object(tokio_stream::iter(Vec::<pb::PutObjectRequest>::new())).await;
+    assert_refused(r, Code::InvalidArgument, "header");
+    // A chunk over the 4 MiB limit.
+    let r = c
+        .put_object(tokio_stream::iter(vec![
+            header(B, "big-chunk"),
+            chunk(bytes::Bytes::from(vec![0u8; 5 * MIB])),
+        ]))
+        .await;
+    assert_refused(r, Code::InvalidArgument, "limit");
+    // A declared size the stream does not meet.
+    let mut h = header(B, "short");
+    if let Some(pb::put_object_request::Body::Header(hh)) = h.body.as_mut() {
+        hh.size = Some(10);
+    }
+    let r = c
+        .put_object(tokio_stream::iter(vec![h, chunk(bytes::Bytes::from_static(b"abc"))]))
+        .await;
+    assert_refused(r, Code::InvalidArgument, "declared");
+
+    // Unknown pool, and a pool the fleet cannot place.
+    let mut h = header(B, "k");
+    if let Some(pb::put_object_request::Body::Header(hh)) = h.body.as_mut() {
+        hh.pool = "nope".into();
+    }
+    let r = c.put_object(tokio_stream::iter(vec![h.clone()])).await;
+    assert_refused(r, Code::InvalidArgument, "unknown pool");
+    if let Some(pb::put_object_request::Body::Header(hh)) = h.body.as_mut() {
+        hh.pool = "wide".into();
+    }
+    let r = c.put_object(tokio_stream::iter(vec![h])).await;
+    assert_refused(r, Code::FailedPrecondition, "failure domains");
+
+    // Ranges beyond the end, and missing objects.
+    put(&mut c, B, "ten", b"0123456789").await.expect("put");
+    assert_refused(
+        get_range(&mut c, B, "ten", Some(10), Some(1)).await,
+        Code::OutOfRange,
+        "10 bytes long",
+    );
+    assert_refused(get(&mut c, B, "missing").await, Code::NotFound, "not found");
+    let r = c
+        .list_objects(pb::ListObjectsRequest {
+            bucket: B.into(),
+            page_token: "not-hex".into(),
+            ..Default::default()
+        })
+        .await;
+    assert_refused(r, Code::InvalidArgument, "page token");
+
+    // Still serving.
+    assert_eq!(get(&mut c, B, "ten").await.expect("still serving"), b"0123456789");
+    assert_eq!(
+        get_range(&mut c, B, "ten", Some(3), Some(4)).await.expect("range"),
+        b"3456"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_reflection_are_served() {
+    let fleet = start_fleet(&[]).await;
+    let channel = tonic::transport::Endpoint::from_shared(fleet.endpoints()[2].clone())
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let r = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "potluck.v1.ObjectService".into(),
+        })
+        .await
+        .expect("health check")
+        .into_inner();
+    assert_eq!(r.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+}

@@ -1,0 +1,263 @@
+//! GetObject: newest manifest, then the needed stripes in order, a few in
+//! flight. Healthy stripes need only the data shards the range touches (the
+//! code is systematic); any failure or hash mismatch falls back to fetching
+//! every other shard and rebuilding from any k.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::stream::StreamExt;
+use potluck_proto::v1 as pb;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+
+use crate::cluster::MapView;
+use crate::gateway::{info_of, manifests, resolve_pool, status_from_codec};
+use crate::keys::ShardKey;
+use crate::layout::{shard_slice, stripe_pg, StripeLayout};
+use crate::node::Node;
+use crate::validate;
+
+/// Largest data chunk in one GetObject message.
+const OUT_CHUNK: usize = 1 << 20;
+
+pub type GetStream = ReceiverStream<Result<pb::GetObjectResponse, Status>>;
+
+/// One object version being read; shared by the stripe fetches.
+struct ReadContext {
+    node: Arc<Node>,
+    view: Arc<MapView>,
+    pool: pb::PoolMap,
+    manifest: pb::Manifest,
+    layout: StripeLayout,
+}
+
+/// Finds the newest live manifest or says why there is none.
+pub async fn live_manifest(
+    node: &Arc<Node>,
+    view: &MapView,
+    pool: &pb::PoolMap,
+    bucket: &str,
+    key: &str,
+) -> Result<pb::Manifest, Status> {
+    match manifests::read(node, view, pool, bucket, key).await? {
+        Some(m) if !m.tombstone => Ok(m),
+        _ => Err(Status::not_found(format!(
+            "object {bucket}/{key} not found in pool {:?}; list the bucket to see its keys",
+            pool.name
+        ))),
+    }
+}
+
+pub async fn get_object(node: Arc<Node>, req: pb::GetObjectRequest) -> Result<GetStream, Status> {
+    validate::bucket(&req.bucket)?;
+    validate::key(&req.key)?;
+    let view = node.cluster.view();
+    let pool = resolve_pool(&view, &req.pool)?.clone();
+    let manifest = live_manifest(&node, &view, &pool, &req.bucket, &req.key).await?;
+    let size = manifest.size;
+    let start = req.offset.unwrap_or(0);
+    if start > size || (start == size && size > 0) {
+        return Err(Status::out_of_range(format!(
+            "range starts at byte {start} but {}/{} is {size} bytes long; ask for an offset below {size}",
+            req.bucket, req.key
+        )));
+    }
+    let end = match req.length {
+        None | Some(0) => size,
+        Some(len) => start.saturating_add(len).min(size),
+    };
+    let layout = StripeLayout::new(size, manifest.k, manifest.chunk_size);
+    check_manifest_shape(&manifest, &layout)?;
+    let info = info_of(&manifest);
+    let ctx = Arc::new(ReadContext {
+        node: node.clone(),
+        view,
+        pool,
+        manifest,
+        layout,
+    });
+    let (tx, rx) = mpsc::channel(4);
+    tokio::spawn(async move {
+        if tx
+            .send(Ok(pb::GetObjectResponse {
+                info: Some(info),
+                chunk: Bytes::new(),
+            }))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let range = start..end;
+        let window = ctx.node.tuning.stripes_in_flight.max(1);
+        let stripes = ctx.layout.stripes_for(&range);
+        let mut fetches = futures::stream::iter(stripes)
+            .map(|s| read_stripe(ctx.clone(), s, range.clone()))
+            .buffered(window);
+        while let Some(r) = fetches.next().await {
+            let pieces = match r {
+                Ok(p) => p,
+                Err(status) => {
+                    let _ = tx.send(Err(status)).await;
+                    return;
+                }
+            };
+            for piece in pieces {
+                let mut off = 0;
+                while off < piece.len() {
+                    let end = (off + OUT_CHUNK).min(piece.len());
+                    ctx.node
+                        .metrics
+                        .client_bytes
+                        .with_label_values(&["out"])
+                        .inc_by((end - off) as u64);
+                    let msg = pb::GetObjectResponse {
+                        info: None,
+                        chunk: piece.slice(off..end),
+                    };
+                    if tx.send(Ok(msg)).await.is_err() {
+                        return;
+                    }
+                    off = end;
+                }
+            }
+        }
+    });
+    Ok(ReceiverStream::new(rx))
+}
+
+fn check_manifest_shape(m: &pb::Manifest, layout: &StripeLayout) -> Result<(), Status> {
+    let width = (m.k + m.m) as usize;
+    let stripes = layout.stripe_count() as usize;
+    let ok = m.k > 0
+        && m.chunk_size > 0
+        && m.shard_hashes.len() == stripes
+        && m.shard_hashes.iter().all(|h| h.len() == width * 32)
+        && m.object_id.len() == 16;
+    if ok {
+        Ok(())
+    } else {
+        Err(Status::data_loss(format!(
+            "manifest of {}/{} is malformed ({} stripe hash records for {stripes} stripes); rewrite the object",
+            m.bucket,
+            m.key,
+            m.shard_hashes.len()
+        )))
+    }
+}
+
+fn expected_hash(m: &pb::Manifest, stripe: usize, shard: usize) -> &[u8] {
+    &m.shard_hashes[stripe][shard * 32..(shard + 1) * 32]
+}
+
+/// Fetches shard `i` of stripe `s` and checks it against the manifest.
+async fn fetch(ctx: &ReadContext, s: u64, pg: u32, i: usize) -> Result<Bytes, String> {
+    let member = &ctx.pool.pgs[pg as usize].members[i];
+    let mut object_id = [0u8; 16];
+    object_id.copy_from_slice(&ctx.manifest.object_id);
+    let key = ShardKey {
+        pool: ctx.pool.name.clone(),
+        pg,
+        object_id,
+        stripe: s as u32,
+        shard: i as u8,
+    };
+    let local = member == &ctx.node.id;
+    match ctx.node.get_shard(&ctx.view, member, key).await {
+        Ok(Some(data)) => {
+            // The local store already checked its own hash; a peer's bytes
+            // crossed the network and are checked here.
+            if !local && blake3::hash(&data).as_bytes() != expected_hash(&ctx.manifest, s as usize, i) {
+                ctx.node.metrics.corrupt_shards.inc();
+                return Err(format!("shard {i} from {member}: BLAKE3 mismatch"));
+            }
+            Ok(data)
+        }
+        Ok(None) => Err(format!("shard {i}: {member} does not hold it")),
+        Err(e) => {
+            if e.to_string().contains("corrupt") {
+                ctx.node.metrics.corrupt_shards.inc();
+            }
+            Err(format!("shard {i}: {e}"))
+        }
+    }
+}
+
+/// The bytes of `range` that stripe `s` holds, as slices of its data shards.
+async fn read_stripe(ctx: Arc<ReadContext>, s: u64, range: Range<u64>) -> Result<Vec<Bytes>, Status> {
+    let m = &ctx.manifest;
+    let (k, width) = (m.k as usize, (m.k + m.m) as usize);
+    let shard_len = ctx.layout.shard_len(s);
+    let sr = ctx.layout.stripe_range(s);
+    let rel = range.start.max(sr.start) - sr.start..range.end.min(sr.end) - sr.start;
+    let pg = stripe_pg(&m.object_id, s, ctx.pool.pg_count);
+    let missing = m.missing.get(s as usize).copied().unwrap_or(0);
+    let needed: Vec<usize> = (0..k)
+        .filter(|&i| shard_slice(i as u32, shard_len, &rel).is_some())
+        .collect();
+
+    let mut got: Vec<Option<Bytes>> = vec![None; width];
+    let mut errors = Vec::new();
+    let first: Vec<usize> = needed.iter().copied().filter(|i| missing & (1 << i) == 0).collect();
+    let results = futures::future::join_all(first.iter().map(|&i| fetch(&ctx, s, pg, i))).await;
+    for (&i, r) in first.iter().zip(results) {
+        match r {
+            Ok(d) => got[i] = Some(d),
+            Err(e) => errors.push(e),
+        }
+    }
+
+    if needed.iter().any(|&i| got[i].is_none()) {
+        let rest: Vec<usize> = (0..width)
+            .filter(|&i| got[i].is_none() && !first.contains(&i) && missing & (1 << i) == 0)
+            .collect();
+        let results = futures::future::join_all(rest.iter().map(|&i| fetch(&ctx, s, pg, i))).await;
+        for (&i, r) in rest.iter().zip(results) {
+            match r {
+                Ok(d) => got[i] = Some(d),
+                Err(e) => errors.push(e),
+            }
+        }
+        let usable = got.iter().filter(|g| g.is_some()).count();
+        if usable < k {
+            return Err(Status::unavailable(format!(
+                "{}/{} stripe {s}: only {usable} of {width} shards reachable and intact, {k} needed; bring members back or wait for recovery ({})",
+                m.bucket,
+                m.key,
+                errors.join("; ")
+            )));
+        }
+        let codec = ctx.node.codecs.get(m.k, m.m).map_err(status_from_codec)?;
+        let mut shards: Vec<Option<Vec<u8>>> = got.iter().map(|g| g.as_ref().map(|b| b.to_vec())).collect();
+        let shards = tokio::task::spawn_blocking(move || codec.reconstruct_data(&mut shards).map(|_| shards))
+            .await
+            .map_err(|e| Status::internal(format!("rebuild task failed: {e}")))?
+            .map_err(status_from_codec)?;
+        for i in 0..k {
+            if got[i].is_none() {
+                got[i] = shards[i].clone().map(Bytes::from);
+            }
+        }
+        ctx.node.metrics.reconstructed_stripes.inc();
+        tracing::info!(stripe = s, pg, "stripe rebuilt from parity: {}", errors.join("; "));
+    }
+
+    let mut pieces = Vec::with_capacity(needed.len());
+    for i in needed {
+        let Some(r) = shard_slice(i as u32, shard_len, &rel) else { continue };
+        let data = got[i]
+            .as_ref()
+            .ok_or_else(|| Status::internal(format!("shard {i} of stripe {s} missing after rebuild")))?;
+        if (data.len() as u64) < r.end {
+            return Err(Status::data_loss(format!(
+                "shard {i} of stripe {s} is {} bytes, expected {shard_len}",
+                data.len()
+            )));
+        }
+        pieces.push(data.slice(r.start as usize..r.end as usize));
+    }
+    Ok(pieces)
+}

@@ -1,0 +1,170 @@
+//! ObjectService: any agent is a gateway that encodes, fans out, gathers and
+//! decodes on behalf of clients.
+
+mod get;
+mod list;
+pub mod manifests;
+mod put;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use potluck_proto::v1 as pb;
+use pb::object_service_server::ObjectService;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::cluster::MapView;
+use crate::codec::CodecError;
+use crate::node::{now_unix_ms, now_unix_ns, Node};
+use crate::validate;
+
+pub struct Gateway {
+    node: Arc<Node>,
+}
+
+impl Gateway {
+    pub fn new(node: Arc<Node>) -> Self {
+        Self { node }
+    }
+
+    fn observe<T>(&self, method: &str, started: Instant, r: &Result<T, Status>) {
+        let code = r.as_ref().map_or_else(|s| s.code(), |_| tonic::Code::Ok);
+        self.node.metrics.observe("ObjectService", method, started, code);
+    }
+}
+
+/// The pool a request names, if this agent has a map and the pool can hold data.
+pub fn resolve_pool<'a>(view: &'a MapView, name: &str) -> Result<&'a pb::PoolMap, Status> {
+    if view.epoch() == 0 {
+        return Err(Status::unavailable(
+            "this agent has no cluster map yet; wait for the operator (or `potluck dev up`) to push one",
+        ));
+    }
+    let name = validate::pool_name(name);
+    let pool = view.pool(name).ok_or_else(|| {
+        Status::invalid_argument(format!(
+            "unknown pool {name:?}; pools in the cluster map: {:?}",
+            view.pool_names()
+        ))
+    })?;
+    if !pool.unplaceable_reason.is_empty() {
+        return Err(Status::failed_precondition(format!(
+            "pool {name:?} cannot place data: {}",
+            pool.unplaceable_reason
+        )));
+    }
+    Ok(pool)
+}
+
+pub fn status_from_codec(e: CodecError) -> Status {
+    match e {
+        CodecError::InvalidCode { .. } => Status::failed_precondition(e.to_string()),
+        CodecError::TooFewShards { .. } => Status::unavailable(e.to_string()),
+        CodecError::Internal(_) => Status::internal(e.to_string()),
+    }
+}
+
+pub fn info_of(m: &pb::Manifest) -> pb::ObjectInfo {
+    pb::ObjectInfo {
+        bucket: m.bucket.clone(),
+        key: m.key.clone(),
+        pool: m.pool.clone(),
+        size: m.size,
+        version: m.version,
+        created_unix_ms: m.created_unix_ms,
+        blake3: hex::encode(&m.blake3),
+        k: m.k,
+        m: m.m,
+        chunk_size: m.chunk_size,
+    }
+}
+
+#[tonic::async_trait]
+impl ObjectService for Gateway {
+    async fn put_object(
+        &self,
+        req: Request<Streaming<pb::PutObjectRequest>>,
+    ) -> Result<Response<pb::PutObjectResponse>, Status> {
+        let t = Instant::now();
+        let r = put::put_object(self.node.clone(), req.into_inner()).await;
+        self.observe("PutObject", t, &r);
+        if let Err(s) = &r {
+            tracing::info!(code = ?s.code(), "put refused: {}", s.message());
+        }
+        r.map(Response::new)
+    }
+
+    type GetObjectStream = get::GetStream;
+
+    async fn get_object(
+        &self,
+        req: Request<pb::GetObjectRequest>,
+    ) -> Result<Response<Self::GetObjectStream>, Status> {
+        let t = Instant::now();
+        let r = get::get_object(self.node.clone(), req.into_inner()).await;
+        self.observe("GetObject", t, &r);
+        r.map(Response::new)
+    }
+
+    async fn stat_object(
+        &self,
+        req: Request<pb::StatObjectRequest>,
+    ) -> Result<Response<pb::ObjectInfo>, Status> {
+        let t = Instant::now();
+        let req = req.into_inner();
+        let r = async {
+            validate::bucket(&req.bucket)?;
+            validate::key(&req.key)?;
+            let view = self.node.cluster.view();
+            let pool = resolve_pool(&view, &req.pool)?;
+            let m = get::live_manifest(&self.node, &view, pool, &req.bucket, &req.key).await?;
+            Ok(info_of(&m))
+        }
+        .await;
+        self.observe("StatObject", t, &r);
+        r.map(Response::new)
+    }
+
+    async fn delete_object(
+        &self,
+        req: Request<pb::DeleteObjectRequest>,
+    ) -> Result<Response<pb::DeleteObjectResponse>, Status> {
+        let t = Instant::now();
+        let req = req.into_inner();
+        let r = async {
+            validate::bucket(&req.bucket)?;
+            validate::key(&req.key)?;
+            let view = self.node.cluster.view();
+            let pool = resolve_pool(&view, &req.pool)?;
+            let live = get::live_manifest(&self.node, &view, pool, &req.bucket, &req.key).await?;
+            let version = now_unix_ns().max(live.version + 1);
+            let tombstone = pb::Manifest {
+                bucket: req.bucket.clone(),
+                key: req.key.clone(),
+                pool: pool.name.clone(),
+                version,
+                object_id: Bytes::copy_from_slice(&rand::random::<[u8; 16]>()),
+                tombstone: true,
+                created_unix_ms: now_unix_ms(),
+                epoch: view.epoch(),
+                ..Default::default()
+            };
+            manifests::write(&self.node, &view, pool, tombstone).await?;
+            Ok(pb::DeleteObjectResponse { version })
+        }
+        .await;
+        self.observe("DeleteObject", t, &r);
+        r.map(Response::new)
+    }
+
+    async fn list_objects(
+        &self,
+        req: Request<pb::ListObjectsRequest>,
+    ) -> Result<Response<pb::ListObjectsResponse>, Status> {
+        let t = Instant::now();
+        let r = list::list_objects(&self.node, req.into_inner()).await;
+        self.observe("ListObjects", t, &r);
+        r.map(Response::new)
+    }
+}

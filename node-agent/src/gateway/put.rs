@@ -1,0 +1,319 @@
+//! PutObject: stream in, encode stripe by stripe, fan shards out, then commit
+//! the manifest.
+//!
+//! Memory is bounded by `stripes_in_flight` stripe buffers of (k+m) × chunk
+//! bytes, whatever the object size: the receive loop waits for the oldest
+//! stripe to reach its write quorum before it fills another buffer.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use futures::stream::{FuturesOrdered, StreamExt};
+use potluck_proto::v1 as pb;
+use pb::put_object_request::Body;
+use tokio::task::JoinHandle;
+use tonic::Status;
+
+use crate::cluster::MapView;
+use crate::codec::StripeCodec;
+use crate::gateway::{info_of, manifests, resolve_pool, status_from_codec};
+use crate::keys::ShardKey;
+use crate::layout::{shard_len_for, stripe_pg};
+use crate::node::{now_unix_ms, now_unix_ns, Node};
+use crate::validate;
+
+struct StripeDone {
+    hashes: Bytes,
+    missing: u32,
+}
+
+/// Everything a stripe task needs; shared by all stripes of one put.
+struct PutContext {
+    node: Arc<Node>,
+    view: Arc<MapView>,
+    pool: pb::PoolMap,
+    codec: Arc<StripeCodec>,
+    object_id: [u8; 16],
+}
+
+pub async fn put_object(
+    node: Arc<Node>,
+    mut stream: tonic::Streaming<pb::PutObjectRequest>,
+) -> Result<pb::PutObjectResponse, Status> {
+    let header = match stream.message().await? {
+        Some(pb::PutObjectRequest {
+            body: Some(Body::Header(h)),
+        }) => h,
+        Some(_) => {
+            return Err(Status::invalid_argument(
+                "the first PutObject message must be a header (bucket, key, pool); send it before any data",
+            ))
+        }
+        None => {
+            return Err(Status::invalid_argument(
+                "empty PutObject stream: send a header, then the data chunks",
+            ))
+        }
+    };
+    validate::bucket(&header.bucket)?;
+    validate::key(&header.key)?;
+    let view = node.cluster.view();
+    let pool = resolve_pool(&view, &header.pool)?.clone();
+    let codec = node.codecs.get(pool.k, pool.m).map_err(status_from_codec)?;
+    let ctx = Arc::new(PutContext {
+        node: node.clone(),
+        view: view.clone(),
+        codec,
+        object_id: rand::random(),
+        pool,
+    });
+    let (k, width, chunk) = (
+        ctx.pool.k as usize,
+        (ctx.pool.k + ctx.pool.m) as usize,
+        ctx.pool.chunk_size as usize,
+    );
+    let stripe_data = k * chunk;
+    let window = node.tuning.stripes_in_flight.max(1);
+    let mut inflight: FuturesOrdered<JoinHandle<Result<StripeDone, Status>>> = FuturesOrdered::new();
+    let mut done: Vec<StripeDone> = Vec::new();
+    let mut hasher = blake3::Hasher::new();
+    let mut total: u64 = 0;
+    let mut stripe_no: u64 = 0;
+    let mut buf: Option<BytesMut> = None;
+    let mut filled = 0usize;
+
+    while let Some(msg) = stream.message().await? {
+        let data = match msg.body {
+            Some(Body::Chunk(d)) => d,
+            Some(Body::Header(_)) => {
+                return Err(Status::invalid_argument(
+                    "a second header arrived mid-stream: send one header, then only data chunks",
+                ))
+            }
+            None => continue,
+        };
+        if data.len() > validate::MAX_PUT_CHUNK {
+            return Err(Status::invalid_argument(format!(
+                "data chunk of {} bytes exceeds the {} byte limit: send smaller chunks",
+                data.len(),
+                validate::MAX_PUT_CHUNK
+            )));
+        }
+        total += data.len() as u64;
+        if let Some(declared) = header.size {
+            if total > declared {
+                return Err(Status::invalid_argument(format!(
+                    "received more than the declared size of {declared} bytes: fix the size in the header"
+                )));
+            }
+        }
+        hasher.update(&data);
+        node.metrics
+            .client_bytes
+            .with_label_values(&["in"])
+            .inc_by(data.len() as u64);
+        let mut rest = &data[..];
+        while !rest.is_empty() {
+            let b = buf.get_or_insert_with(|| take_buffer(&node, width * chunk));
+            let n = rest.len().min(stripe_data - filled);
+            b[filled..filled + n].copy_from_slice(&rest[..n]);
+            filled += n;
+            rest = &rest[n..];
+            if filled == stripe_data {
+                if inflight.len() >= window {
+                    if let Some(r) = inflight.next().await {
+                        done.push(joined(r)?);
+                    }
+                }
+                if let Some(b) = buf.take() {
+                    inflight.push_back(spawn_stripe(ctx.clone(), stripe_no, b, filled));
+                }
+                stripe_no += 1;
+                filled = 0;
+            }
+        }
+    }
+    if filled > 0 {
+        if let Some(b) = buf.take() {
+            inflight.push_back(spawn_stripe(ctx.clone(), stripe_no, b, filled));
+        }
+    }
+    while let Some(r) = inflight.next().await {
+        done.push(joined(r)?);
+    }
+    if let Some(declared) = header.size {
+        if total != declared {
+            return Err(Status::invalid_argument(format!(
+                "received {total} bytes but the header declared {declared}: fix the size in the header"
+            )));
+        }
+    }
+
+    let degraded = done.iter().filter(|d| d.missing != 0).count() as u64;
+    let manifest = pb::Manifest {
+        bucket: header.bucket,
+        key: header.key,
+        pool: ctx.pool.name.clone(),
+        version: now_unix_ns(),
+        object_id: Bytes::copy_from_slice(&ctx.object_id),
+        tombstone: false,
+        size: total,
+        created_unix_ms: now_unix_ms(),
+        blake3: Bytes::copy_from_slice(hasher.finalize().as_bytes()),
+        k: ctx.pool.k,
+        m: ctx.pool.m,
+        chunk_size: ctx.pool.chunk_size,
+        missing: done.iter().map(|d| d.missing).collect(),
+        shard_hashes: done.into_iter().map(|d| d.hashes).collect(),
+        epoch: view.epoch(),
+    };
+    let info = info_of(&manifest);
+    manifests::write(&node, &view, &ctx.pool, manifest).await?;
+    Ok(pb::PutObjectResponse {
+        info: Some(info),
+        degraded_stripes: degraded,
+    })
+}
+
+fn take_buffer(node: &Node, len: usize) -> BytesMut {
+    let (b, fresh) = node.buffers.take(len);
+    if fresh {
+        node.metrics.stripe_buffers_allocated.inc();
+    }
+    b
+}
+
+fn joined(r: Result<Result<StripeDone, Status>, tokio::task::JoinError>) -> Result<StripeDone, Status> {
+    r.map_err(|e| Status::internal(format!("stripe task failed: {e}")))?
+}
+
+/// Lays a short last stripe out at the chunk stride and zero-pads it. Full
+/// stripes are already laid out, since the stride is the chunk size.
+fn stride_short_stripe(buf: &mut [u8], data_len: usize, k: usize, chunk: usize, shard_len: usize) {
+    if shard_len == chunk && data_len == k * chunk {
+        return;
+    }
+    for i in (1..k).rev() {
+        let src = i * shard_len;
+        let end = (src + shard_len).min(data_len);
+        if src < end {
+            buf.copy_within(src..end, i * chunk);
+        }
+    }
+    for i in 0..k {
+        let valid = data_len.saturating_sub(i * shard_len).min(shard_len);
+        buf[i * chunk + valid..i * chunk + shard_len].fill(0);
+    }
+}
+
+fn spawn_stripe(
+    ctx: Arc<PutContext>,
+    stripe: u64,
+    buf: BytesMut,
+    data_len: usize,
+) -> JoinHandle<Result<StripeDone, Status>> {
+    tokio::spawn(async move {
+        let (k, width, chunk) = (
+            ctx.pool.k as usize,
+            (ctx.pool.k + ctx.pool.m) as usize,
+            ctx.pool.chunk_size as usize,
+        );
+        let shard_len = shard_len_for(data_len as u64, ctx.pool.k, chunk as u64) as usize;
+        let codec = ctx.codec.clone();
+        let (buf, hashes) = tokio::task::spawn_blocking(move || {
+            let mut buf = buf;
+            stride_short_stripe(&mut buf, data_len, k, chunk, shard_len);
+            codec.encode_strided(&mut buf, chunk, shard_len)?;
+            let mut hashes = Vec::with_capacity(width * 32);
+            for i in 0..width {
+                hashes.extend_from_slice(blake3::hash(&buf[i * chunk..i * chunk + shard_len]).as_bytes());
+            }
+            Ok::<_, crate::codec::CodecError>((buf, hashes))
+        })
+        .await
+        .map_err(|e| Status::internal(format!("encoding task failed: {e}")))?
+        .map_err(status_from_codec)?;
+
+        let frozen = buf.freeze();
+        let pg = stripe_pg(&ctx.object_id, stripe, ctx.pool.pg_count);
+        let set = &ctx.pool.pgs[pg as usize].members;
+        let stripe_idx = u32::try_from(stripe)
+            .map_err(|_| Status::invalid_argument("object has too many stripes: use a pool with a larger chunk size"))?;
+        let sends = set.iter().enumerate().map(|(i, member)| {
+            let key = ShardKey {
+                pool: ctx.pool.name.clone(),
+                pg,
+                object_id: ctx.object_id,
+                stripe: stripe_idx,
+                shard: i as u8,
+            };
+            let data = frozen.slice(i * chunk..i * chunk + shard_len);
+            let mut h = [0u8; 32];
+            h.copy_from_slice(&hashes[i * 32..(i + 1) * 32]);
+            let ctx = &ctx;
+            async move {
+                if !writable(&ctx.view, member) {
+                    return Err(format!("member {member} is down in the map"));
+                }
+                ctx.node
+                    .put_shard(&ctx.view, member, key, data, h)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        });
+        let results = futures::future::join_all(sends).await;
+        ctx.node.buffers.give_back(frozen);
+        let mut missing = 0u32;
+        let mut errors = Vec::new();
+        for (i, r) in results.into_iter().enumerate() {
+            if let Err(e) = r {
+                missing |= 1 << i;
+                errors.push(e);
+            }
+        }
+        let acks = width - errors.len();
+        if acks < ctx.pool.write_quorum as usize {
+            return Err(Status::unavailable(format!(
+                "stripe {stripe}: {acks} of {width} members stored their shard, write quorum is {}; bring members back and retry ({})",
+                ctx.pool.write_quorum,
+                errors.join("; ")
+            )));
+        }
+        if missing != 0 {
+            ctx.node.metrics.degraded_stripes.inc();
+            tracing::warn!(stripe, pg, missing = format!("{missing:#b}"), "stripe written degraded");
+        }
+        Ok(StripeDone {
+            hashes: Bytes::from(hashes),
+            missing,
+        })
+    })
+}
+
+/// Down and Out members get no new writes; their shards count as missing.
+fn writable(view: &MapView, member: &str) -> bool {
+    view.member(member).is_some_and(|m| {
+        let s = m.state;
+        s != pb::MemberState::Down as i32 && s != pb::MemberState::Out as i32
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_stripes_are_strided_and_padded() {
+        let (k, chunk) = (4, 8);
+        let data: Vec<u8> = (1..=10).collect();
+        let mut buf = vec![0xAAu8; 6 * chunk];
+        buf[..10].copy_from_slice(&data);
+        let shard_len = shard_len_for(10, k as u32, chunk as u64) as usize;
+        assert_eq!(shard_len, 3);
+        stride_short_stripe(&mut buf, 10, k, chunk, shard_len);
+        assert_eq!(&buf[0..3], &[1, 2, 3]);
+        assert_eq!(&buf[8..11], &[4, 5, 6]);
+        assert_eq!(&buf[16..19], &[7, 8, 9]);
+        assert_eq!(&buf[24..27], &[10, 0, 0]);
+    }
+}

@@ -1,0 +1,80 @@
+//! Background collection of shards of overwritten and deleted object versions.
+//!
+//! Every manifest holder that replaces a version queues it (in the same
+//! RocksDB write), so a collection survives restarts. Deletes are idempotent,
+//! so several holders collecting the same version only repeat cheap calls.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::keys::ShardKey;
+use crate::layout::{stripe_pg, StripeLayout};
+use crate::node::{now_unix_ms, Node};
+use crate::shard_store::GcEntry;
+
+const BATCH: usize = 16;
+const RETRY_AFTER: Duration = Duration::from_secs(30);
+
+pub async fn run(node: Arc<Node>) {
+    let mut tick = tokio::time::interval(node.tuning.gc_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let due = match node.with_store(|s| s.due_gc(now_unix_ms(), BATCH)).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!("gc: reading the queue failed: {e}");
+                continue;
+            }
+        };
+        for entry in due {
+            let finished = collect(&node, &entry).await;
+            let retry = (!finished).then(|| now_unix_ms() + RETRY_AFTER.as_millis() as u64);
+            let e = entry.clone();
+            if let Err(err) = node.with_store(move |s| s.settle_gc(&e, retry)).await {
+                tracing::warn!("gc: updating the queue failed: {err}");
+            }
+        }
+    }
+}
+
+/// Deletes every shard of one old version; true when all holders answered.
+async fn collect(node: &Arc<Node>, entry: &GcEntry) -> bool {
+    let m = &entry.manifest;
+    let view = node.cluster.view();
+    let Some(pool) = view.pool(&m.pool).filter(|p| p.unplaceable_reason.is_empty()) else {
+        return false;
+    };
+    let Ok(object_id) = <[u8; 16]>::try_from(m.object_id.as_ref()) else {
+        tracing::warn!("gc: dropping entry with malformed object id");
+        return true;
+    };
+    let layout = StripeLayout::new(m.size, m.k, m.chunk_size);
+    let width = (m.k + m.m) as usize;
+    let mut all_ok = true;
+    for s in 0..layout.stripe_count() {
+        let pg = stripe_pg(&object_id, s, pool.pg_count);
+        let Some(set) = pool.pgs.get(pg as usize) else { return false };
+        let deletes = set.members.iter().take(width).enumerate().map(|(i, member)| {
+            let key = ShardKey {
+                pool: m.pool.clone(),
+                pg,
+                object_id,
+                stripe: s as u32,
+                shard: i as u8,
+            };
+            node.delete_shard(&view, member, key)
+        });
+        for r in futures::future::join_all(deletes).await {
+            match r {
+                Ok(true) => node.metrics.gc_shards_deleted.inc(),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::debug!("gc: {e}");
+                    all_ok = false;
+                }
+            }
+        }
+    }
+    all_ok
+}

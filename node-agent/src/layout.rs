@@ -1,0 +1,136 @@
+//! Stripe geometry and hashing to placement groups.
+//!
+//! All of it is a pure function of the manifest's (size, k, chunk_size) and of
+//! the object id, so any agent can find any shard without asking anyone.
+
+use std::ops::Range;
+
+/// How an object's bytes are cut into stripes of `k` data shards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StripeLayout {
+    pub size: u64,
+    pub k: u32,
+    pub chunk_size: u64,
+}
+
+impl StripeLayout {
+    pub fn new(size: u64, k: u32, chunk_size: u64) -> Self {
+        Self {
+            size,
+            k,
+            chunk_size,
+        }
+    }
+
+    /// Data bytes a full stripe holds.
+    pub fn stripe_bytes(&self) -> u64 {
+        self.chunk_size * u64::from(self.k)
+    }
+
+    pub fn stripe_count(&self) -> u64 {
+        self.size.div_ceil(self.stripe_bytes())
+    }
+
+    /// Object bytes covered by stripe `s`.
+    pub fn stripe_range(&self, s: u64) -> Range<u64> {
+        let start = s * self.stripe_bytes();
+        start..(start + self.stripe_bytes()).min(self.size)
+    }
+
+    /// Shard length of stripe `s`: the chunk size, except for a short last
+    /// stripe, whose shards shrink so small objects do not cost k+m full chunks.
+    pub fn shard_len(&self, s: u64) -> u64 {
+        let r = self.stripe_range(s);
+        shard_len_for(r.end - r.start, self.k, self.chunk_size)
+    }
+
+    /// Stripes touched by the object byte range `r` (already clamped to size).
+    pub fn stripes_for(&self, r: &Range<u64>) -> Range<u64> {
+        if r.start >= r.end {
+            return 0..0;
+        }
+        r.start / self.stripe_bytes()..(r.end - 1) / self.stripe_bytes() + 1
+    }
+}
+
+/// Shard length for a stripe holding `data_len` bytes.
+pub fn shard_len_for(data_len: u64, k: u32, chunk_size: u64) -> u64 {
+    data_len.div_ceil(u64::from(k)).min(chunk_size)
+}
+
+/// Within one stripe whose shards are `shard_len` long, the part of data shard
+/// `i` that holds stripe-relative bytes `r`; `None` if the shard holds none.
+pub fn shard_slice(i: u32, shard_len: u64, r: &Range<u64>) -> Option<Range<u64>> {
+    let s0 = u64::from(i) * shard_len;
+    let start = r.start.max(s0);
+    let end = r.end.min(s0 + shard_len);
+    (start < end).then(|| start - s0..end - s0)
+}
+
+fn hash64(parts: &[&[u8]]) -> u64 {
+    let mut h = blake3::Hasher::new();
+    for p in parts {
+        h.update(&(p.len() as u64).to_le_bytes());
+        h.update(p);
+    }
+    let out = h.finalize();
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&out.as_bytes()[..8]);
+    u64::from_le_bytes(b)
+}
+
+/// PG of stripe `s` of an object: stripes of one object scatter over the PGs,
+/// so a big object spreads over the whole fleet.
+pub fn stripe_pg(object_id: &[u8], stripe: u64, pg_count: u32) -> u32 {
+    (hash64(&[b"stripe", object_id, &stripe.to_le_bytes()]) % u64::from(pg_count.max(1))) as u32
+}
+
+/// PG holding the manifest of `bucket/key`.
+pub fn manifest_pg(bucket: &str, key: &str, pg_count: u32) -> u32 {
+    (hash64(&[b"manifest", bucket.as_bytes(), key.as_bytes()]) % u64::from(pg_count.max(1))) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn geometry_at_the_edges() {
+        let l = StripeLayout::new(0, 4, MIB);
+        assert_eq!(l.stripe_count(), 0);
+        let l = StripeLayout::new(1, 4, MIB);
+        assert_eq!((l.stripe_count(), l.shard_len(0)), (1, 1));
+        let l = StripeLayout::new(4 * MIB, 4, MIB);
+        assert_eq!((l.stripe_count(), l.shard_len(0)), (1, MIB));
+        let l = StripeLayout::new(4 * MIB + 1, 4, MIB);
+        assert_eq!(l.stripe_count(), 2);
+        assert_eq!(l.shard_len(1), 1);
+        assert_eq!(l.stripe_range(1), 4 * MIB..4 * MIB + 1);
+        let l = StripeLayout::new(10, 4, MIB);
+        assert_eq!(l.shard_len(0), 3);
+    }
+
+    #[test]
+    fn ranges_map_to_stripes_and_shards() {
+        let l = StripeLayout::new(10 * MIB, 4, MIB);
+        assert_eq!(l.stripes_for(&(0..1)), 0..1);
+        assert_eq!(l.stripes_for(&(4 * MIB - 1..4 * MIB + 1)), 0..2);
+        assert_eq!(l.stripes_for(&(4 * MIB..8 * MIB)), 1..2);
+        assert_eq!(l.stripes_for(&(5..5)), 0..0);
+        assert_eq!(shard_slice(1, MIB, &(0..MIB)), None);
+        assert_eq!(shard_slice(1, MIB, &(MIB - 1..MIB + 2)), Some(0..2));
+        assert_eq!(shard_slice(0, MIB, &(MIB - 1..MIB + 2)), Some(MIB - 1..MIB));
+    }
+
+    #[test]
+    fn pgs_are_stable_and_spread() {
+        let id = [7u8; 16];
+        assert_eq!(stripe_pg(&id, 3, 128), stripe_pg(&id, 3, 128));
+        let distinct: std::collections::HashSet<u32> =
+            (0..64).map(|s| stripe_pg(&id, s, 128)).collect();
+        assert!(distinct.len() > 32, "stripes should scatter: {}", distinct.len());
+        assert!(manifest_pg("b", "k", 128) < 128);
+    }
+}

@@ -1,0 +1,21 @@
+//! The Potluck node agent: one per member machine.
+//!
+//! Layered like the data flows: `peers` (transport) → `shard_store` (RocksDB)
+//! → `codec`/`layout` (stripes) → `gateway` (object API); `gc` works beside
+//! them, `cluster` holds the map every layer routes by.
+
+pub mod buffers;
+pub mod cluster;
+pub mod codec;
+pub mod control;
+pub mod gateway;
+pub mod gc;
+pub mod keys;
+pub mod layout;
+pub mod metrics;
+pub mod node;
+pub mod peers;
+pub mod server;
+pub mod shard_service;
+pub mod shard_store;
+pub mod validate;

@@ -1,0 +1,246 @@
+//! Prometheus metrics of one agent, served on `/metrics`.
+//!
+//! Labels are bounded: service, method, gRPC code, direction, peer member id.
+//! Object keys and buckets never become label values.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::shard_store::ShardStore;
+
+/// Latency buckets from 100 µs to ~30 min, so a 4 KiB stat and a 1 GiB put
+/// both land in a bucket that tells something.
+fn latency_buckets() -> Vec<f64> {
+    prometheus::exponential_buckets(0.0001, 2.5, 18).unwrap_or_default()
+}
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub rpc_requests: IntCounterVec,
+    pub rpc_duration: HistogramVec,
+    pub client_bytes: IntCounterVec,
+    pub peer_bytes: IntCounterVec,
+    pub peer_errors: IntCounterVec,
+    pub degraded_stripes: IntCounter,
+    pub reconstructed_stripes: IntCounter,
+    pub corrupt_shards: IntCounter,
+    pub gc_shards_deleted: IntCounter,
+    pub stripe_buffers_allocated: IntCounter,
+    pub map_epoch: IntGauge,
+    store_shards: IntGauge,
+    store_bytes: IntGauge,
+    store_capacity: IntGauge,
+    store_manifests: IntGauge,
+    blob_bytes: IntGauge,
+    pending_compaction: IntGauge,
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> prometheus::Result<IntCounter> {
+    let c = IntCounter::new(name, help)?;
+    r.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> prometheus::Result<IntGauge> {
+    let g = IntGauge::new(name, help)?;
+    r.register(Box::new(g.clone()))?;
+    Ok(g)
+}
+
+fn counter_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<IntCounterVec> {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+    r.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+impl Metrics {
+    pub fn new(member_id: &str) -> prometheus::Result<Self> {
+        let registry = Registry::new_custom(
+            None,
+            Some([("member".to_string(), member_id.to_string())].into()),
+        )?;
+        let r = &registry;
+        let rpc_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "potluck_rpc_duration_seconds",
+                "Time to serve a gRPC call, by service and method",
+            )
+            .buckets(latency_buckets()),
+            &["service", "method"],
+        )?;
+        r.register(Box::new(rpc_duration.clone()))?;
+        Ok(Self {
+            rpc_requests: counter_vec(
+                r,
+                "potluck_rpc_requests_total",
+                "gRPC calls served, by service, method and status code",
+                &["service", "method", "code"],
+            )?,
+            rpc_duration,
+            client_bytes: counter_vec(
+                r,
+                "potluck_gateway_client_bytes_total",
+                "Object bytes received from (in) and sent to (out) clients",
+                &["direction"],
+            )?,
+            peer_bytes: counter_vec(
+                r,
+                "potluck_peer_shard_bytes_total",
+                "Shard bytes sent to (out) and received from (in) peers and the local store",
+                &["direction"],
+            )?,
+            peer_errors: counter_vec(
+                r,
+                "potluck_peer_errors_total",
+                "Failed calls to peer members, by peer",
+                &["peer"],
+            )?,
+            degraded_stripes: counter(
+                r,
+                "potluck_gateway_degraded_stripes_total",
+                "Stripes written with fewer than k+m shards acknowledged",
+            )?,
+            reconstructed_stripes: counter(
+                r,
+                "potluck_gateway_reconstructed_stripes_total",
+                "Stripes read by rebuilding data from parity",
+            )?,
+            corrupt_shards: counter(
+                r,
+                "potluck_store_corrupt_shards_total",
+                "Shards whose bytes did not match their BLAKE3 hash when read",
+            )?,
+            gc_shards_deleted: counter(
+                r,
+                "potluck_gc_shards_deleted_total",
+                "Shards of overwritten or deleted objects collected",
+            )?,
+            stripe_buffers_allocated: counter(
+                r,
+                "potluck_gateway_stripe_buffers_allocated_total",
+                "Stripe buffers allocated (steady-state puts reuse them)",
+            )?,
+            map_epoch: gauge(r, "potluck_cluster_map_epoch", "Epoch of the applied cluster map")?,
+            store_shards: gauge(r, "potluck_store_shards", "Shards held by this member")?,
+            store_bytes: gauge(r, "potluck_store_shard_bytes", "Shard bytes held by this member")?,
+            store_capacity: gauge(
+                r,
+                "potluck_store_capacity_bytes",
+                "Capacity this member offers",
+            )?,
+            store_manifests: gauge(
+                r,
+                "potluck_store_manifests",
+                "Object manifests held by this member",
+            )?,
+            blob_bytes: gauge(
+                r,
+                "potluck_store_blob_file_bytes",
+                "Size of RocksDB blob files holding shard data",
+            )?,
+            pending_compaction: gauge(
+                r,
+                "potluck_store_pending_compaction_bytes",
+                "RocksDB's estimate of bytes compaction still has to rewrite",
+            )?,
+            registry,
+        })
+    }
+
+    /// Counts one finished call with its outcome.
+    pub fn observe(&self, service: &str, method: &str, started: Instant, code: tonic::Code) {
+        self.rpc_requests
+            .with_label_values(&[service, method, code_name(code)])
+            .inc();
+        self.rpc_duration
+            .with_label_values(&[service, method])
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    fn refresh_store(&self, store: &ShardStore) {
+        let s = store.stats();
+        self.store_shards.set(s.shards as i64);
+        self.store_bytes.set(s.bytes as i64);
+        self.store_capacity.set(s.capacity as i64);
+        self.store_manifests.set(s.manifests as i64);
+        if let Some(v) = store.shard_cf_property("rocksdb.total-blob-file-size") {
+            self.blob_bytes.set(v as i64);
+        }
+        if let Some(v) = store.shard_cf_property("rocksdb.estimate-pending-compaction-bytes") {
+            self.pending_compaction.set(v as i64);
+        }
+    }
+
+    pub fn render(&self, store: &ShardStore) -> String {
+        self.refresh_store(store);
+        let mut buf = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            return format!("# encoding metrics failed: {e}\n");
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+}
+
+pub fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// Serves `/metrics` over plain HTTP/1 until the process ends.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    store: Arc<ShardStore>,
+) -> std::io::Result<()> {
+    use axum::{routing::get, Router};
+    let app = Router::new().route(
+        "/metrics",
+        get(move || {
+            let (metrics, store) = (metrics.clone(), store.clone());
+            async move {
+                let body = tokio::task::spawn_blocking(move || metrics.render(&store))
+                    .await
+                    .unwrap_or_else(|e| format!("# metrics task failed: {e}\n"));
+                (
+                    [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+                    body,
+                )
+            }
+        }),
+    );
+    axum::serve(listener, app).await
+}
+
+/// Convenience for the address the ready line prints.
+pub fn local(listener: &tokio::net::TcpListener) -> std::io::Result<SocketAddr> {
+    listener.local_addr()
+}

@@ -1,0 +1,369 @@
+//! The agent's shared state, and shard/manifest access that is the same call
+//! whether the member holding the data is this agent or a peer.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use potluck_proto::v1 as pb;
+use tokio::sync::Semaphore;
+
+use crate::buffers::BufferPool;
+use crate::cluster::{Cluster, MapView};
+use crate::codec::CodecCache;
+use crate::keys::ShardKey;
+use crate::metrics::Metrics;
+use crate::peers::{put_shard_messages, FrameCollector, PeerError, Peers};
+use crate::shard_store::{ShardStore, StoreError};
+
+/// Tunables; the defaults suit a LAN fleet of modest machines.
+#[derive(Clone, Debug)]
+pub struct Tuning {
+    /// Stripes of one put or get being encoded, sent or fetched at once.
+    pub stripes_in_flight: usize,
+    /// Deadline of one shard transfer to or from a peer.
+    pub shard_timeout: Duration,
+    /// Deadline of one manifest call.
+    pub manifest_timeout: Duration,
+    /// Grace before an overwritten version's shards are deleted, so reads
+    /// already under way finish.
+    pub gc_delay: Duration,
+    pub gc_interval: Duration,
+    /// Blocking store operations running at once.
+    pub store_concurrency: usize,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Self {
+            stripes_in_flight: 4,
+            shard_timeout: Duration::from_secs(30),
+            manifest_timeout: Duration::from_secs(5),
+            gc_delay: Duration::from_secs(60),
+            gc_interval: Duration::from_secs(2),
+            store_concurrency: 32,
+        }
+    }
+}
+
+pub struct Node {
+    pub id: String,
+    pub store: Arc<ShardStore>,
+    pub cluster: Cluster,
+    pub peers: Peers,
+    pub codecs: CodecCache,
+    pub buffers: BufferPool,
+    pub metrics: Arc<Metrics>,
+    pub tuning: Tuning,
+    pub started: Instant,
+    store_slots: Semaphore,
+}
+
+pub fn now_unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+pub fn now_unix_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1)
+}
+
+impl Node {
+    pub fn new(
+        id: String,
+        store: Arc<ShardStore>,
+        cluster: Cluster,
+        metrics: Arc<Metrics>,
+        tuning: Tuning,
+    ) -> Self {
+        Self {
+            id,
+            store,
+            cluster,
+            peers: Peers::default(),
+            codecs: CodecCache::default(),
+            buffers: BufferPool::new(16),
+            metrics,
+            store_slots: Semaphore::new(tuning.store_concurrency),
+            tuning,
+            started: Instant::now(),
+        }
+    }
+
+    /// Runs a blocking store operation off the async workers, bounded.
+    pub async fn with_store<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&ShardStore) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let _slot = self
+            .store_slots
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Malformed("store is shutting down".into()))?;
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|e| StoreError::Malformed(format!("store task failed: {e}")))?
+    }
+
+    fn local_err(&self, e: StoreError) -> PeerError {
+        PeerError::Local {
+            member: self.id.clone(),
+            detail: e.to_string(),
+        }
+    }
+
+    fn peer(
+        &self,
+        view: &MapView,
+        member: &str,
+    ) -> Result<potluck_proto::v1::shard_service_client::ShardServiceClient<tonic::transport::Channel>, PeerError>
+    {
+        let info = view.member(member).ok_or_else(|| PeerError::UnknownMember {
+            member: member.to_string(),
+            epoch: view.epoch(),
+        })?;
+        self.peers.client(member, &info.endpoint)
+    }
+
+    fn note_peer_error(&self, member: &str) {
+        self.metrics.peer_errors.with_label_values(&[member]).inc();
+    }
+
+    pub async fn put_shard(
+        &self,
+        view: &MapView,
+        member: &str,
+        key: ShardKey,
+        data: Bytes,
+        hash: [u8; 32],
+    ) -> Result<(), PeerError> {
+        let len = data.len() as u64;
+        let r = if member == self.id {
+            self.with_store(move |s| s.put_shard(&key, &data, &hash))
+                .await
+                .map_err(|e| self.local_err(e))
+        } else {
+            let mut client = self.peer(view, member)?;
+            let header = pb::ShardHeader {
+                id: Some(key.to_proto()),
+                length: len,
+                blake3: Bytes::copy_from_slice(&hash),
+            };
+            let msgs = put_shard_messages(view.epoch(), header, data);
+            let mut req = tonic::Request::new(tokio_stream::iter(msgs));
+            req.set_timeout(self.tuning.shard_timeout);
+            client
+                .put_shard(req)
+                .await
+                .map(|_| ())
+                .map_err(|s| PeerError::call(member, s))
+        };
+        match &r {
+            Ok(()) => self.metrics.peer_bytes.with_label_values(&["out"]).inc_by(len),
+            Err(_) => self.note_peer_error(member),
+        }
+        r
+    }
+
+    /// Fetches a shard. `Ok(None)`: the member answered but does not hold it.
+    pub async fn get_shard(
+        &self,
+        view: &MapView,
+        member: &str,
+        key: ShardKey,
+    ) -> Result<Option<Bytes>, PeerError> {
+        let r = if member == self.id {
+            self.with_store(move |s| s.get_shard(&key))
+                .await
+                .map(|o| o.map(|(d, _)| Bytes::from(d)))
+                .map_err(|e| self.local_err(e))
+        } else {
+            self.get_remote_shard(view, member, key).await
+        };
+        match &r {
+            Ok(Some(d)) => self
+                .metrics
+                .peer_bytes
+                .with_label_values(&["in"])
+                .inc_by(d.len() as u64),
+            Ok(None) => {}
+            Err(_) => self.note_peer_error(member),
+        }
+        r
+    }
+
+    async fn get_remote_shard(
+        &self,
+        view: &MapView,
+        member: &str,
+        key: ShardKey,
+    ) -> Result<Option<Bytes>, PeerError> {
+        let mut client = self.peer(view, member)?;
+        let mut req = tonic::Request::new(pb::GetShardRequest {
+            epoch: view.epoch(),
+            id: Some(key.to_proto()),
+        });
+        req.set_timeout(self.tuning.shard_timeout);
+        let call = |s| PeerError::call(member, s);
+        let mut stream = match client.get_shard(req).await {
+            Ok(r) => r.into_inner(),
+            Err(s) if s.code() == tonic::Code::NotFound => return Ok(None),
+            Err(s) => return Err(call(s)),
+        };
+        let first = match stream.message().await {
+            Ok(Some(m)) => m,
+            Ok(None) => return Err(call(tonic::Status::data_loss("empty shard stream"))),
+            Err(s) if s.code() == tonic::Code::NotFound => return Ok(None),
+            Err(s) => return Err(call(s)),
+        };
+        let len = first.header.as_ref().map(|h| h.length).unwrap_or(0);
+        let mut frames = FrameCollector::new(len);
+        if !frames.push(first.data) {
+            return Err(call(tonic::Status::data_loss("shard longer than announced")));
+        }
+        while frames.len() < len {
+            let pushed = match stream.message().await.map_err(call)? {
+                Some(m) => frames.push(m.data),
+                None => false,
+            };
+            if !pushed {
+                return Err(call(tonic::Status::data_loss("shard stream cut short")));
+            }
+        }
+        Ok(Some(frames.finish()))
+    }
+
+    pub async fn delete_shard(
+        &self,
+        view: &MapView,
+        member: &str,
+        key: ShardKey,
+    ) -> Result<bool, PeerError> {
+        if member == self.id {
+            return self
+                .with_store(move |s| s.delete_shard(&key))
+                .await
+                .map_err(|e| self.local_err(e));
+        }
+        let mut client = self.peer(view, member)?;
+        let mut req = tonic::Request::new(pb::DeleteShardRequest {
+            epoch: view.epoch(),
+            id: Some(key.to_proto()),
+        });
+        req.set_timeout(self.tuning.manifest_timeout);
+        client
+            .delete_shard(req)
+            .await
+            .map(|r| r.into_inner().existed)
+            .map_err(|s| PeerError::call(member, s))
+    }
+
+    pub async fn put_manifest(
+        &self,
+        view: &MapView,
+        member: &str,
+        pg: u32,
+        manifest: pb::Manifest,
+    ) -> Result<bool, PeerError> {
+        let r = if member == self.id {
+            let delay = self.tuning.gc_delay.as_millis() as u64;
+            self.with_store(move |s| s.put_manifest(&manifest, now_unix_ms(), delay))
+                .await
+                .map_err(|e| self.local_err(e))
+        } else {
+            let mut client = self.peer(view, member)?;
+            let mut req = tonic::Request::new(pb::PutManifestRequest {
+                epoch: view.epoch(),
+                pg,
+                manifest: Some(manifest),
+            });
+            req.set_timeout(self.tuning.manifest_timeout);
+            client
+                .put_manifest(req)
+                .await
+                .map(|r| r.into_inner().applied)
+                .map_err(|s| PeerError::call(member, s))
+        };
+        if r.is_err() {
+            self.note_peer_error(member);
+        }
+        r
+    }
+
+    pub async fn get_manifest(
+        &self,
+        view: &MapView,
+        member: &str,
+        pool: &str,
+        bucket: &str,
+        key: &str,
+    ) -> Result<Option<pb::Manifest>, PeerError> {
+        let r = if member == self.id {
+            let (p, b, k) = (pool.to_string(), bucket.to_string(), key.to_string());
+            self.with_store(move |s| s.get_manifest(&p, &b, &k))
+                .await
+                .map_err(|e| self.local_err(e))
+        } else {
+            let mut client = self.peer(view, member)?;
+            let mut req = tonic::Request::new(pb::GetManifestRequest {
+                epoch: view.epoch(),
+                pool: pool.to_string(),
+                bucket: bucket.to_string(),
+                key: key.to_string(),
+            });
+            req.set_timeout(self.tuning.manifest_timeout);
+            client
+                .get_manifest(req)
+                .await
+                .map(|r| r.into_inner().manifest)
+                .map_err(|s| PeerError::call(member, s))
+        };
+        if r.is_err() {
+            self.note_peer_error(member);
+        }
+        r
+    }
+
+    pub async fn list_manifests(
+        &self,
+        view: &MapView,
+        member: &str,
+        req: pb::ListManifestsRequest,
+    ) -> Result<pb::ListManifestsResponse, PeerError> {
+        if member == self.id {
+            return self
+                .with_store(move |s| {
+                    s.list_manifests(
+                        &req.pool,
+                        &req.bucket,
+                        &req.prefix,
+                        &req.start_after,
+                        req.limit as usize,
+                    )
+                })
+                .await
+                .map(|(manifests, truncated)| pb::ListManifestsResponse {
+                    manifests,
+                    truncated,
+                })
+                .map_err(|e| self.local_err(e));
+        }
+        let mut client = self.peer(view, member)?;
+        let mut req = tonic::Request::new(req);
+        req.set_timeout(self.tuning.manifest_timeout);
+        client
+            .list_manifests(req)
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|s| {
+                self.note_peer_error(member);
+                PeerError::call(member, s)
+            })
+    }
+}

@@ -1,0 +1,307 @@
+//! ShardService: what peers call on this member. Writes from a caller whose
+//! map is older than ours are refused, so no shard lands by a stale placement.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use potluck_proto::v1 as pb;
+use pb::shard_service_server::ShardService;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::keys::{self, ShardKey};
+use crate::node::{now_unix_ms, Node};
+use crate::peers::{FrameCollector, FRAME_BYTES};
+use crate::shard_store::StoreError;
+use crate::validate;
+
+/// Largest shard a peer may send: the largest chunk size a pool can have.
+const MAX_SHARD_BYTES: u64 = 64 << 20;
+const MAX_LIST: u32 = 10_000;
+
+pub struct ShardServer {
+    node: Arc<Node>,
+}
+
+impl ShardServer {
+    pub fn new(node: Arc<Node>) -> Self {
+        Self { node }
+    }
+
+    fn observe<T>(&self, method: &str, started: Instant, r: &Result<T, Status>) {
+        let code = r.as_ref().map_or_else(|s| s.code(), |_| tonic::Code::Ok);
+        self.node.metrics.observe("ShardService", method, started, code);
+    }
+
+    fn check_write_epoch(&self, epoch: u64) -> Result<(), Status> {
+        let mine = self.node.cluster.epoch();
+        if epoch < mine {
+            return Err(Status::failed_precondition(format!(
+                "stale cluster map: caller has epoch {epoch}, member {} has {mine}; fetch the newest map and retry",
+                self.node.id
+            )));
+        }
+        Ok(())
+    }
+}
+
+pub fn store_status(e: StoreError) -> Status {
+    match e {
+        StoreError::Corrupt { .. } => Status::data_loss(e.to_string()),
+        StoreError::HashMismatch => Status::data_loss(e.to_string()),
+        StoreError::Full { .. } => Status::resource_exhausted(e.to_string()),
+        StoreError::Key(_) => Status::invalid_argument(e.to_string()),
+        _ => Status::internal(e.to_string()),
+    }
+}
+
+fn key_status(e: keys::KeyError) -> Status {
+    Status::invalid_argument(e.to_string())
+}
+
+fn hash32(b: &[u8]) -> Result<[u8; 32], Status> {
+    b.try_into()
+        .map_err(|_| Status::invalid_argument(format!("BLAKE3 hash must be 32 bytes, got {}", b.len())))
+}
+
+#[tonic::async_trait]
+impl ShardService for ShardServer {
+    async fn put_shard(
+        &self,
+        req: Request<Streaming<pb::PutShardRequest>>,
+    ) -> Result<Response<pb::PutShardResponse>, Status> {
+        let t = Instant::now();
+        let r = async {
+            let mut stream = req.into_inner();
+            let first = stream
+                .message()
+                .await?
+                .ok_or_else(|| Status::invalid_argument("empty PutShard stream: send the header first"))?;
+            self.check_write_epoch(first.epoch)?;
+            let header = first
+                .header
+                .ok_or_else(|| Status::invalid_argument("first PutShard message must carry the header"))?;
+            let key = ShardKey::from_proto(header.id.as_ref()).map_err(key_status)?;
+            let hash = hash32(&header.blake3)?;
+            if header.length > MAX_SHARD_BYTES {
+                return Err(Status::invalid_argument(format!(
+                    "shard of {} bytes exceeds the {MAX_SHARD_BYTES} byte limit",
+                    header.length
+                )));
+            }
+            let mut frames = FrameCollector::new(header.length);
+            let too_long = || Status::invalid_argument("shard data exceeds the length in its header");
+            if !frames.push(first.data) {
+                return Err(too_long());
+            }
+            while let Some(m) = stream.message().await? {
+                if m.data.len() > FRAME_BYTES || !frames.push(m.data) {
+                    return Err(too_long());
+                }
+            }
+            if frames.len() != header.length {
+                return Err(Status::invalid_argument(format!(
+                    "shard stream ended after {} of {} bytes",
+                    frames.len(),
+                    header.length
+                )));
+            }
+            let data = frames.finish();
+            let len = data.len() as u64;
+            self.node
+                .with_store(move |s| s.put_shard(&key, &data, &hash))
+                .await
+                .map_err(store_status)?;
+            self.node.metrics.peer_bytes.with_label_values(&["in"]).inc_by(len);
+            Ok(pb::PutShardResponse {})
+        }
+        .await;
+        self.observe("PutShard", t, &r);
+        r.map(Response::new)
+    }
+
+    type GetShardStream = ReceiverStream<Result<pb::GetShardResponse, Status>>;
+
+    async fn get_shard(
+        &self,
+        req: Request<pb::GetShardRequest>,
+    ) -> Result<Response<Self::GetShardStream>, Status> {
+        let t = Instant::now();
+        let r = async {
+            let req = req.into_inner();
+            let key = ShardKey::from_proto(req.id.as_ref()).map_err(key_status)?;
+            let id = key.to_proto();
+            let found = self.node.with_store(move |s| s.get_shard(&key)).await;
+            let (data, meta) = match found {
+                Ok(Some(x)) => x,
+                Ok(None) => return Err(Status::not_found("shard not held by this member")),
+                Err(e) => {
+                    self.node.metrics.corrupt_shards.inc();
+                    tracing::warn!("serving shard failed: {e}");
+                    return Err(store_status(e));
+                }
+            };
+            let data = Bytes::from(data);
+            self.node
+                .metrics
+                .peer_bytes
+                .with_label_values(&["out"])
+                .inc_by(data.len() as u64);
+            let header = pb::ShardHeader {
+                id: Some(id),
+                length: meta.len,
+                blake3: Bytes::copy_from_slice(&meta.hash),
+            };
+            let frames = crate::peers::put_shard_messages(0, header, data);
+            let (tx, rx) = mpsc::channel(frames.len().max(1));
+            for f in frames {
+                // Capacity equals the frame count: never blocks.
+                let _ = tx.try_send(Ok(pb::GetShardResponse {
+                    header: f.header,
+                    data: f.data,
+                }));
+            }
+            Ok(ReceiverStream::new(rx))
+        }
+        .await;
+        self.observe("GetShard", t, &r);
+        r.map(Response::new)
+    }
+
+    async fn delete_shard(
+        &self,
+        req: Request<pb::DeleteShardRequest>,
+    ) -> Result<Response<pb::DeleteShardResponse>, Status> {
+        let t = Instant::now();
+        let r = async {
+            let req = req.into_inner();
+            self.check_write_epoch(req.epoch)?;
+            let key = ShardKey::from_proto(req.id.as_ref()).map_err(key_status)?;
+            let existed = self
+                .node
+                .with_store(move |s| s.delete_shard(&key))
+                .await
+                .map_err(store_status)?;
+            Ok(pb::DeleteShardResponse { existed })
+        }
+        .await;
+        self.observe("DeleteShard", t, &r);
+        r.map(Response::new)
+    }
+
+    async fn list_shards(
+        &self,
+        req: Request<pb::ListShardsRequest>,
+    ) -> Result<Response<pb::ListShardsResponse>, Status> {
+        let t = Instant::now();
+        let r = async {
+            let req = req.into_inner();
+            let after = match &req.after {
+                Some(id) => Some(ShardKey::from_proto(Some(id)).map_err(key_status)?),
+                None => None,
+            };
+            let limit = match req.limit {
+                0 => 1000,
+                n => n.min(MAX_LIST),
+            } as usize;
+            let (pool, pg) = (req.pool.clone(), req.pg);
+            let (list, truncated) = self
+                .node
+                .with_store(move |s| s.list_shards(&pool, pg, after.as_ref(), limit))
+                .await
+                .map_err(store_status)?;
+            Ok(pb::ListShardsResponse {
+                shards: list
+                    .into_iter()
+                    .map(|(k, m)| pb::ShardHeader {
+                        id: Some(k.to_proto()),
+                        length: m.len,
+                        blake3: Bytes::copy_from_slice(&m.hash),
+                    })
+                    .collect(),
+                truncated,
+            })
+        }
+        .await;
+        self.observe("ListShards", t, &r);
+        r.map(Response::new)
+    }
+
+    async fn put_manifest(
+        &self,
+        req: Request<pb::PutManifestRequest>,
+    ) -> Result<Response<pb::PutManifestResponse>, Status> {
+        let t = Instant::now();
+        let r = async {
+            let req = req.into_inner();
+            self.check_write_epoch(req.epoch)?;
+            let m = req
+                .manifest
+                .ok_or_else(|| Status::invalid_argument("PutManifest without a manifest"))?;
+            validate::bucket(&m.bucket)?;
+            validate::key(&m.key)?;
+            if m.pool.is_empty() || m.pool.len() > keys::MAX_POOL_NAME {
+                return Err(Status::invalid_argument("manifest names no valid pool"));
+            }
+            let delay = self.node.tuning.gc_delay.as_millis() as u64;
+            let applied = self
+                .node
+                .with_store(move |s| s.put_manifest(&m, now_unix_ms(), delay))
+                .await
+                .map_err(store_status)?;
+            Ok(pb::PutManifestResponse { applied })
+        }
+        .await;
+        self.observe("PutManifest", t, &r);
+        r.map(Response::new)
+    }
+
+    async fn get_manifest(
+        &self,
+        req: Request<pb::GetManifestRequest>,
+    ) -> Result<Response<pb::GetManifestResponse>, Status> {
+        let t = Instant::now();
+        let r = async {
+            let req = req.into_inner();
+            let manifest = self
+                .node
+                .with_store(move |s| s.get_manifest(&req.pool, &req.bucket, &req.key))
+                .await
+                .map_err(store_status)?;
+            Ok(pb::GetManifestResponse { manifest })
+        }
+        .await;
+        self.observe("GetManifest", t, &r);
+        r.map(Response::new)
+    }
+
+    async fn list_manifests(
+        &self,
+        req: Request<pb::ListManifestsRequest>,
+    ) -> Result<Response<pb::ListManifestsResponse>, Status> {
+        let t = Instant::now();
+        let r = async {
+            let req = req.into_inner();
+            let limit = match req.limit {
+                0 => 1000,
+                n => n.min(MAX_LIST),
+            } as usize;
+            let (manifests, truncated) = self
+                .node
+                .with_store(move |s| {
+                    s.list_manifests(&req.pool, &req.bucket, &req.prefix, &req.start_after, limit)
+                })
+                .await
+                .map_err(store_status)?;
+            Ok(pb::ListManifestsResponse {
+                manifests,
+                truncated,
+            })
+        }
+        .await;
+        self.observe("ListManifests", t, &r);
+        r.map(Response::new)
+    }
+}

@@ -1,0 +1,624 @@
+//! RocksDB on the member's disk: shards, their hashes, manifests, node metadata.
+//!
+//! Column families keep data of different shapes apart: shard bytes go to
+//! `shards`, whose large values live in blob files (integrated BlobDB) so
+//! compaction never rewrites them; the small per-shard record (length and
+//! BLAKE3) goes to `shard_meta`, which listing and start-up accounting scan
+//! without touching blob files. Every write is synced before it returns.
+//!
+//! All methods block; async callers go through `spawn_blocking`.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use prost::Message;
+use rocksdb::{
+    ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Direction, IteratorMode, Options,
+    WriteBatch, WriteOptions, DB,
+};
+
+use crate::keys::{self, ShardKey};
+use potluck_proto::v1 as pb;
+
+const CF_SHARDS: &str = "shards";
+const CF_SHARD_META: &str = "shard_meta";
+const CF_MANIFESTS: &str = "manifests";
+const CF_GC: &str = "gc";
+const CF_META: &str = "meta";
+
+const META_MAP: &[u8] = b"cluster_map";
+const META_MEMBER: &[u8] = b"member_id";
+
+/// Values at least this large go to blob files.
+const MIN_BLOB_SIZE: u64 = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("rocksdb: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    #[error("shard {key} is corrupt on disk ({detail}); it will be read from parity instead")]
+    Corrupt { key: String, detail: String },
+    #[error("shard data does not match its BLAKE3 hash; resend it")]
+    HashMismatch,
+    #[error(
+        "member is full: {used} of {capacity} bytes used, {needed} more needed; add members or free space"
+    )]
+    Full { used: u64, capacity: u64, needed: u64 },
+    #[error("data directory belongs to member {found:?}, not {expected:?}; use the right --data-dir")]
+    WrongMember { expected: String, found: String },
+    #[error("stored record is malformed: {0}")]
+    Malformed(String),
+    #[error(transparent)]
+    Key(#[from] keys::KeyError),
+}
+
+/// Length and hash of a stored shard, as kept in `shard_meta`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShardMeta {
+    pub len: u64,
+    pub hash: [u8; 32],
+}
+
+impl ShardMeta {
+    fn encode(&self) -> [u8; 40] {
+        let mut b = [0u8; 40];
+        b[..8].copy_from_slice(&self.len.to_le_bytes());
+        b[8..].copy_from_slice(&self.hash);
+        b
+    }
+
+    fn decode(b: &[u8]) -> Result<Self, StoreError> {
+        if b.len() != 40 {
+            return Err(StoreError::Malformed(format!("shard meta of {} bytes", b.len())));
+        }
+        let mut len = [0u8; 8];
+        len.copy_from_slice(&b[..8]);
+        let mut hash = [0u8; 32];
+        hash.copy_from_slice(&b[8..]);
+        Ok(Self {
+            len: u64::from_le_bytes(len),
+            hash,
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    pub shards: u64,
+    pub bytes: u64,
+    pub manifests: u64,
+    pub capacity: u64,
+}
+
+/// An old object version whose shards wait for collection.
+#[derive(Clone, Debug)]
+pub struct GcEntry {
+    pub id: Vec<u8>,
+    pub due_unix_ms: u64,
+    pub manifest: pb::Manifest,
+}
+
+pub struct ShardStore {
+    db: DB,
+    sync: WriteOptions,
+    capacity: u64,
+    shards: AtomicU64,
+    bytes: AtomicU64,
+    manifests: AtomicU64,
+    /// Manifest writes are read-compare-write; they are small and rare next to
+    /// shard writes, so one lock is simpler than per-key locking.
+    manifest_lock: Mutex<()>,
+}
+
+fn shard_cf_options() -> Options {
+    let mut o = Options::default();
+    o.set_enable_blob_files(true);
+    o.set_min_blob_size(MIN_BLOB_SIZE);
+    o.set_blob_file_size(256 << 20);
+    // Shards are usually compressed or encrypted content: compressing costs CPU
+    // for nothing.
+    o.set_blob_compression_type(DBCompressionType::None);
+    o.set_enable_blob_gc(true);
+    o.set_write_buffer_size(64 << 20);
+    o
+}
+
+impl ShardStore {
+    /// Opens (or creates) the store, checks it belongs to `member_id`, and
+    /// counts what it holds.
+    pub fn open(path: &Path, member_id: &str, capacity: u64) -> Result<Self, StoreError> {
+        let mut db_opts = Options::default();
+        db_opts.create_if_missing(true);
+        db_opts.create_missing_column_families(true);
+        db_opts.set_max_background_jobs(2);
+        db_opts.set_bytes_per_sync(1 << 20);
+        let cfs = vec![
+            ColumnFamilyDescriptor::new(CF_SHARDS, shard_cf_options()),
+            ColumnFamilyDescriptor::new(CF_SHARD_META, Options::default()),
+            ColumnFamilyDescriptor::new(CF_MANIFESTS, Options::default()),
+            ColumnFamilyDescriptor::new(CF_GC, Options::default()),
+            ColumnFamilyDescriptor::new(CF_META, Options::default()),
+        ];
+        let db = DB::open_cf_descriptors(&db_opts, path, cfs)?;
+        let mut sync = WriteOptions::default();
+        sync.set_sync(true);
+        let store = Self {
+            db,
+            sync,
+            capacity,
+            shards: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            manifests: AtomicU64::new(0),
+            manifest_lock: Mutex::new(()),
+        };
+        store.claim(member_id)?;
+        store.recount()?;
+        Ok(store)
+    }
+
+    fn cf(&self, name: &str) -> Result<&ColumnFamily, StoreError> {
+        self.db
+            .cf_handle(name)
+            .ok_or_else(|| StoreError::Malformed(format!("column family {name} missing")))
+    }
+
+    fn claim(&self, member_id: &str) -> Result<(), StoreError> {
+        let meta = self.cf(CF_META)?;
+        match self.db.get_cf(meta, META_MEMBER)? {
+            Some(found) if found != member_id.as_bytes() => Err(StoreError::WrongMember {
+                expected: member_id.to_string(),
+                found: String::from_utf8_lossy(&found).into_owned(),
+            }),
+            Some(_) => Ok(()),
+            None => Ok(self
+                .db
+                .put_cf_opt(meta, META_MEMBER, member_id.as_bytes(), &self.sync)?),
+        }
+    }
+
+    fn recount(&self) -> Result<(), StoreError> {
+        let (mut n, mut bytes) = (0u64, 0u64);
+        for item in self.db.iterator_cf(self.cf(CF_SHARD_META)?, IteratorMode::Start) {
+            let (_, v) = item?;
+            n += 1;
+            bytes += ShardMeta::decode(&v)?.len;
+        }
+        let mut m = 0u64;
+        for item in self.db.iterator_cf(self.cf(CF_MANIFESTS)?, IteratorMode::Start) {
+            item?;
+            m += 1;
+        }
+        self.shards.store(n, Ordering::Relaxed);
+        self.bytes.store(bytes, Ordering::Relaxed);
+        self.manifests.store(m, Ordering::Relaxed);
+        Ok(())
+    }
+
+    pub fn stats(&self) -> StoreStats {
+        StoreStats {
+            shards: self.shards.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+            manifests: self.manifests.load(Ordering::Relaxed),
+            capacity: self.capacity,
+        }
+    }
+
+    /// Stores a shard after checking `data` against `hash`; durable on return.
+    pub fn put_shard(&self, key: &ShardKey, data: &[u8], hash: &[u8; 32]) -> Result<(), StoreError> {
+        if blake3::hash(data).as_bytes() != hash {
+            return Err(StoreError::HashMismatch);
+        }
+        let k = key.encode();
+        let meta_cf = self.cf(CF_SHARD_META)?;
+        let old = self
+            .db
+            .get_cf(meta_cf, &k)?
+            .map(|v| ShardMeta::decode(&v))
+            .transpose()?;
+        let used = self.bytes.load(Ordering::Relaxed);
+        let grow = (data.len() as u64).saturating_sub(old.map_or(0, |o| o.len));
+        if used + grow > self.capacity {
+            return Err(StoreError::Full {
+                used,
+                capacity: self.capacity,
+                needed: grow,
+            });
+        }
+        let meta = ShardMeta {
+            len: data.len() as u64,
+            hash: *hash,
+        };
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(CF_SHARDS)?, &k, data);
+        batch.put_cf(meta_cf, &k, meta.encode());
+        self.db.write_opt(batch, &self.sync)?;
+        match old {
+            Some(o) => {
+                self.bytes.fetch_sub(o.len, Ordering::Relaxed);
+            }
+            None => {
+                self.shards.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.bytes.fetch_add(meta.len, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Reads a shard and verifies it against its stored hash. `Ok(None)` when
+    /// absent; `Err(Corrupt)` when the bytes on disk no longer match.
+    pub fn get_shard(&self, key: &ShardKey) -> Result<Option<(Vec<u8>, ShardMeta)>, StoreError> {
+        let k = key.encode();
+        let Some(meta) = self.db.get_cf(self.cf(CF_SHARD_META)?, &k)? else {
+            return Ok(None);
+        };
+        let meta = ShardMeta::decode(&meta)?;
+        let corrupt = |detail: String| StoreError::Corrupt {
+            key: format!("{key:?}"),
+            detail,
+        };
+        let data = match self.db.get_cf(self.cf(CF_SHARDS)?, &k) {
+            Ok(Some(d)) => d,
+            Ok(None) => return Err(corrupt("data missing".into())),
+            Err(e) if e.kind() == rocksdb::ErrorKind::Corruption => {
+                return Err(corrupt(e.to_string()))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if data.len() as u64 != meta.len || blake3::hash(&data).as_bytes() != &meta.hash {
+            return Err(corrupt("BLAKE3 mismatch".into()));
+        }
+        Ok(Some((data, meta)))
+    }
+
+    pub fn delete_shard(&self, key: &ShardKey) -> Result<bool, StoreError> {
+        let k = key.encode();
+        let meta_cf = self.cf(CF_SHARD_META)?;
+        let Some(old) = self.db.get_cf(meta_cf, &k)? else {
+            return Ok(false);
+        };
+        let old = ShardMeta::decode(&old)?;
+        let mut batch = WriteBatch::default();
+        batch.delete_cf(self.cf(CF_SHARDS)?, &k);
+        batch.delete_cf(meta_cf, &k);
+        self.db.write_opt(batch, &self.sync)?;
+        self.shards.fetch_sub(1, Ordering::Relaxed);
+        self.bytes.fetch_sub(old.len, Ordering::Relaxed);
+        Ok(true)
+    }
+
+    /// Shards of one PG in key order, after `after` (exclusive).
+    pub fn list_shards(
+        &self,
+        pool: &str,
+        pg: u32,
+        after: Option<&ShardKey>,
+        limit: usize,
+    ) -> Result<(Vec<(ShardKey, ShardMeta)>, bool), StoreError> {
+        let prefix = keys::pg_prefix(pool, pg);
+        let start = match after {
+            Some(a) => {
+                let mut k = a.encode();
+                k.push(0);
+                k
+            }
+            None => prefix.clone(),
+        };
+        let mut out = Vec::new();
+        let iter = self.db.iterator_cf(
+            self.cf(CF_SHARD_META)?,
+            IteratorMode::From(&start, Direction::Forward),
+        );
+        for item in iter {
+            let (k, v) = item?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            if out.len() == limit {
+                return Ok((out, true));
+            }
+            out.push((ShardKey::decode(&k)?, ShardMeta::decode(&v)?));
+        }
+        Ok((out, false))
+    }
+
+    /// Stores `m` unless a newer (version, object id) is already there.
+    /// Returns whether it was applied. A replaced object version is queued for
+    /// shard collection `gc_delay_ms` from now, in the same atomic write.
+    pub fn put_manifest(
+        &self,
+        m: &pb::Manifest,
+        now_unix_ms: u64,
+        gc_delay_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let k = keys::manifest_key(&m.pool, &m.bucket, &m.key);
+        let cf = self.cf(CF_MANIFESTS)?;
+        let _guard = self
+            .manifest_lock
+            .lock()
+            .map_err(|_| StoreError::Malformed("manifest lock poisoned".into()))?;
+        let old = match self.db.get_cf(cf, &k)? {
+            Some(v) => Some(decode_manifest(&v)?),
+            None => None,
+        };
+        if let Some(o) = &old {
+            if (o.version, &o.object_id) >= (m.version, &m.object_id) {
+                return Ok(false);
+            }
+        }
+        let mut batch = WriteBatch::default();
+        batch.put_cf(cf, &k, m.encode_to_vec());
+        if let Some(o) = old.as_ref().filter(|o| !o.tombstone && o.size > 0) {
+            let due = now_unix_ms + gc_delay_ms;
+            batch.put_cf(self.cf(CF_GC)?, gc_key(due, o), o.encode_to_vec());
+        }
+        self.db.write_opt(batch, &self.sync)?;
+        if old.is_none() {
+            self.manifests.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(true)
+    }
+
+    pub fn get_manifest(
+        &self,
+        pool: &str,
+        bucket: &str,
+        key: &str,
+    ) -> Result<Option<pb::Manifest>, StoreError> {
+        let k = keys::manifest_key(pool, bucket, key);
+        self.db
+            .get_cf(self.cf(CF_MANIFESTS)?, k)?
+            .map(|v| decode_manifest(&v))
+            .transpose()
+    }
+
+    /// Manifests of `bucket` whose key starts with `prefix` and sorts after
+    /// `start_after`, tombstones included.
+    pub fn list_manifests(
+        &self,
+        pool: &str,
+        bucket: &str,
+        prefix: &str,
+        start_after: &str,
+        limit: usize,
+    ) -> Result<(Vec<pb::Manifest>, bool), StoreError> {
+        let bp = keys::bucket_prefix(pool, bucket);
+        let full_prefix = keys::manifest_key(pool, bucket, prefix);
+        let mut start = keys::manifest_key(pool, bucket, start_after);
+        if start_after.is_empty() || start < full_prefix {
+            start = full_prefix.clone();
+        } else {
+            start.push(0);
+        }
+        let mut out = Vec::new();
+        let iter = self.db.iterator_cf(
+            self.cf(CF_MANIFESTS)?,
+            IteratorMode::From(&start, Direction::Forward),
+        );
+        for item in iter {
+            let (k, v) = item?;
+            if !k.starts_with(&full_prefix) || !k.starts_with(&bp) {
+                break;
+            }
+            if out.len() == limit {
+                return Ok((out, true));
+            }
+            out.push(decode_manifest(&v)?);
+        }
+        Ok((out, false))
+    }
+
+    /// Queued collections whose time has come.
+    pub fn due_gc(&self, now_unix_ms: u64, limit: usize) -> Result<Vec<GcEntry>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_GC)?, IteratorMode::Start) {
+            let (k, v) = item?;
+            let due = k
+                .get(..8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+                .ok_or_else(|| StoreError::Malformed("gc key".into()))?;
+            if due > now_unix_ms || out.len() == limit {
+                break;
+            }
+            out.push(GcEntry {
+                id: k.to_vec(),
+                due_unix_ms: due,
+                manifest: decode_manifest(&v)?,
+            });
+        }
+        Ok(out)
+    }
+
+    pub fn gc_pending(&self) -> Result<u64, StoreError> {
+        let mut n = 0;
+        for item in self.db.iterator_cf(self.cf(CF_GC)?, IteratorMode::Start) {
+            item?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Removes a finished entry, or moves it to `retry_at` when not finished.
+    pub fn settle_gc(&self, entry: &GcEntry, retry_at: Option<u64>) -> Result<(), StoreError> {
+        let cf = self.cf(CF_GC)?;
+        let mut batch = WriteBatch::default();
+        batch.delete_cf(cf, &entry.id);
+        if let Some(at) = retry_at {
+            batch.put_cf(cf, gc_key(at, &entry.manifest), entry.manifest.encode_to_vec());
+        }
+        Ok(self.db.write_opt(batch, &self.sync)?)
+    }
+
+    pub fn save_map(&self, map: &pb::ClusterMap) -> Result<(), StoreError> {
+        Ok(self
+            .db
+            .put_cf_opt(self.cf(CF_META)?, META_MAP, map.encode_to_vec(), &self.sync)?)
+    }
+
+    pub fn load_map(&self) -> Result<Option<pb::ClusterMap>, StoreError> {
+        self.db
+            .get_cf(self.cf(CF_META)?, META_MAP)?
+            .map(|v| {
+                pb::ClusterMap::decode(v.as_slice())
+                    .map_err(|e| StoreError::Malformed(format!("cluster map: {e}")))
+            })
+            .transpose()
+    }
+
+    /// Moves memtables to SST and blob files, so a clean stop leaves the WAL empty.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        for cf in [CF_SHARDS, CF_SHARD_META, CF_MANIFESTS, CF_GC, CF_META] {
+            self.db.flush_cf(self.cf(cf)?)?;
+        }
+        Ok(())
+    }
+
+    /// RocksDB's integer property of the shard column family, for metrics.
+    pub fn shard_cf_property(&self, name: &str) -> Option<u64> {
+        let cf = self.cf(CF_SHARDS).ok()?;
+        self.db.property_int_value_cf(cf, name).ok().flatten()
+    }
+
+    #[cfg(test)]
+    fn overwrite_raw(&self, key: &ShardKey, data: &[u8]) {
+        self.db
+            .put_cf(self.cf(CF_SHARDS).unwrap(), key.encode(), data)
+            .unwrap();
+    }
+}
+
+fn gc_key(due: u64, m: &pb::Manifest) -> Vec<u8> {
+    let mut k = due.to_be_bytes().to_vec();
+    k.extend_from_slice(&m.object_id);
+    k
+}
+
+fn decode_manifest(v: &[u8]) -> Result<pb::Manifest, StoreError> {
+    pb::Manifest::decode(v).map_err(|e| StoreError::Malformed(format!("manifest: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(pg: u32, stripe: u32, shard: u8) -> ShardKey {
+        ShardKey {
+            pool: "default".into(),
+            pg,
+            object_id: [1; 16],
+            stripe,
+            shard,
+        }
+    }
+
+    fn put(store: &ShardStore, k: &ShardKey, data: &[u8]) {
+        store
+            .put_shard(k, data, blake3::hash(data).as_bytes())
+            .unwrap();
+    }
+
+    #[test]
+    fn shards_round_trip_survive_reopen_and_are_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = vec![7u8; 100_000];
+        {
+            let s = ShardStore::open(dir.path(), "a", 1 << 30).unwrap();
+            put(&s, &key(1, 0, 0), &big);
+            put(&s, &key(1, 0, 1), b"small");
+            put(&s, &key(2, 0, 0), b"other pg");
+            assert_eq!(s.stats().shards, 3);
+            s.flush().unwrap();
+        }
+        let s = ShardStore::open(dir.path(), "a", 1 << 30).unwrap();
+        assert_eq!(s.stats().shards, 3);
+        assert_eq!(s.stats().bytes, 100_000 + 5 + 8);
+        assert_eq!(s.get_shard(&key(1, 0, 0)).unwrap().unwrap().0, big);
+        let (listed, more) = s.list_shards("default", 1, None, 10).unwrap();
+        assert_eq!(listed.len(), 2);
+        assert!(!more);
+        let (page, more) = s.list_shards("default", 1, None, 1).unwrap();
+        assert!(more);
+        let (rest, _) = s.list_shards("default", 1, Some(&page[0].0), 10).unwrap();
+        assert_eq!(rest.len(), 1);
+        assert!(s.delete_shard(&key(1, 0, 1)).unwrap());
+        assert!(!s.delete_shard(&key(1, 0, 1)).unwrap());
+        assert_eq!(s.stats().shards, 2);
+        drop(s);
+        assert!(matches!(
+            ShardStore::open(dir.path(), "b", 1),
+            Err(StoreError::WrongMember { .. })
+        ));
+    }
+
+    #[test]
+    fn bad_hashes_full_disks_and_corruption_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = ShardStore::open(dir.path(), "a", 10_000).unwrap();
+        assert!(matches!(
+            s.put_shard(&key(0, 0, 0), b"abc", &[0; 32]),
+            Err(StoreError::HashMismatch)
+        ));
+        let big = vec![1u8; 20_000];
+        assert!(matches!(
+            s.put_shard(&key(0, 0, 0), &big, blake3::hash(&big).as_bytes()),
+            Err(StoreError::Full { .. })
+        ));
+        put(&s, &key(0, 0, 1), b"good bytes");
+        s.overwrite_raw(&key(0, 0, 1), b"evil bytes");
+        assert!(matches!(
+            s.get_shard(&key(0, 0, 1)),
+            Err(StoreError::Corrupt { .. })
+        ));
+    }
+
+    fn manifest(key: &str, version: u64, tombstone: bool) -> pb::Manifest {
+        pb::Manifest {
+            bucket: "b".into(),
+            key: key.into(),
+            pool: "default".into(),
+            version,
+            object_id: bytes::Bytes::from(vec![version as u8; 16]),
+            tombstone,
+            size: 10,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn newest_manifest_wins_and_replaced_versions_are_queued() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = ShardStore::open(dir.path(), "a", 1 << 20).unwrap();
+        assert!(s.put_manifest(&manifest("k", 2, false), 1000, 50).unwrap());
+        assert!(!s.put_manifest(&manifest("k", 1, false), 1000, 50).unwrap());
+        assert_eq!(s.get_manifest("default", "b", "k").unwrap().unwrap().version, 2);
+        assert!(s.put_manifest(&manifest("k", 3, true), 1000, 50).unwrap());
+        assert!(s.due_gc(1049, 10).unwrap().is_empty());
+        let due = s.due_gc(1050, 10).unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].manifest.version, 2);
+        s.settle_gc(&due[0], Some(2000)).unwrap();
+        assert!(s.due_gc(1999, 10).unwrap().is_empty());
+        let due = s.due_gc(2000, 10).unwrap();
+        s.settle_gc(&due[0], None).unwrap();
+        assert_eq!(s.gc_pending().unwrap(), 0);
+    }
+
+    #[test]
+    fn manifests_list_by_prefix_in_key_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = ShardStore::open(dir.path(), "a", 1 << 20).unwrap();
+        for k in ["a/1", "a/2", "b/1", "a/3"] {
+            s.put_manifest(&manifest(k, 1, false), 0, 0).unwrap();
+        }
+        let keys = |v: Vec<pb::Manifest>| v.into_iter().map(|m| m.key).collect::<Vec<_>>();
+        let (all, more) = s.list_manifests("default", "b", "a/", "", 10).unwrap();
+        assert_eq!(keys(all), ["a/1", "a/2", "a/3"]);
+        assert!(!more);
+        let (page, more) = s.list_manifests("default", "b", "a/", "a/1", 1).unwrap();
+        assert_eq!(keys(page), ["a/2"]);
+        assert!(more);
+        let (none, _) = s.list_manifests("default", "other", "", "", 10).unwrap();
+        assert!(none.is_empty());
+    }
+}
