@@ -19,7 +19,7 @@ use potluck_proto::v1::object_service_client::ObjectServiceClient;
 use potluck_proto::v1::put_object_request::Body;
 use potluck_proto::v1::{
     DeleteObjectRequest, GetObjectRequest, ListObjectsRequest, ListObjectsResponse, ObjectInfo,
-    PutObjectHeader, PutObjectRequest, PutObjectResponse, StatObjectRequest,
+    PutObjectFinish, PutObjectHeader, PutObjectRequest, PutObjectResponse, StatObjectRequest,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
@@ -639,6 +639,15 @@ impl Client {
                     }));
                 }
             }
+            let finish = PutObjectRequest {
+                body: Some(Body::Finish(PutObjectFinish {
+                    size: Some(sent),
+                    blake3: Bytes::new(),
+                })),
+            };
+            tx.send(Frame::Message(finish))
+                .await
+                .map_err(|_| FeedError::Closed)?;
             tx.send(Frame::End).await.map_err(|_| FeedError::Closed)
         };
         tokio::pin!(feed);

@@ -39,7 +39,7 @@ pub fn client_hint(err: &ClientError) -> Option<&'static str> {
             "is the fleet running? start one with `potluck dev up`, or point --endpoint (or POTLUCK_ENDPOINT) at a running agent"
         }
         ClientError::Unavailable(_) => {
-            "too many agents may be down to serve this (an object needs k of its k+m shards); retry once they are back, and check the agents' logs"
+            "too many agents may be down (reads need k of an object's k+m shards, writes the pool's write quorum); retry once they are back, and check the agents' logs"
         }
         ClientError::DeadlineExceeded(_) => "the fleet is slow or overloaded; retry, and check the agents' logs",
         ClientError::NotFound(_) => "check the bucket and key with `potluck ls BUCKET`",

@@ -481,6 +481,8 @@ impl Fleet {
             .arg("--failure-domain")
             .arg(&agent.failure_domain)
             .args(&cfg.extra_agent_args)
+            // The log is a file: escape codes would only clutter it.
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
@@ -653,7 +655,7 @@ impl Fleet {
         self.agents.is_empty()
     }
 
-    /// Member id of agent `index` ("agent-<index>"). Panics if out of range.
+    /// Member id of agent `index` (`agent-<index>`). Panics if out of range.
     pub fn id(&self, index: usize) -> &str {
         &self.agents[index].id
     }

@@ -157,6 +157,7 @@ fn init_tracing() {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
 }
@@ -525,11 +526,13 @@ async fn dev_up(args: DevUpArgs) -> Result<()> {
             _ = signals.recv() => break,
             _ = ticker.tick() => {
                 for (i, status) in fleet.try_exited() {
+                    let quorum = fleet.map().pools.first().map_or(0, |p| p.write_quorum);
                     eprintln!(
-                        "warning: {} exited ({status}); its log is {}. The fleet keeps serving with up to m={} agents down; restart `potluck dev up` to bring it back",
+                        "warning: {} exited ({status}); its log is {}. Reads survive up to m={} agents down, writes need {quorum} of {} up; restart `potluck dev up` to bring it back",
                         fleet.id(i),
                         fleet.log_path(i).display(),
-                        args.m
+                        args.m,
+                        args.k + args.m,
                     );
                 }
             }

@@ -42,6 +42,7 @@ def put_requests(bucket: str, key: str, data: bytes):
     yield pb.PutObjectRequest(header=pb.PutObjectHeader(bucket=bucket, key=key))
     for off in range(0, len(data), PUT_CHUNK):
         yield pb.PutObjectRequest(chunk=data[off : off + PUT_CHUNK])
+    yield pb.PutObjectRequest(finish=pb.PutObjectFinish(size=len(data)))
 
 
 def put(client, bucket: str, key: str, data: bytes) -> pb.PutObjectResponse:

@@ -5,12 +5,11 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use potluck_proto::v1 as pb;
 use pb::object_service_client::ObjectServiceClient;
+use potluck_proto::v1 as pb;
 use rand::RngCore;
 use tonic::transport::Channel;
 use tonic::Status;
-
 
 pub use potluck_cli::fleet::{Fleet, FleetConfig};
 
@@ -69,6 +68,13 @@ pub async fn start_fleet_with(
     let fleet = Fleet::start(cfg)
         .await
         .unwrap_or_else(|e| panic!("starting the fleet: {e}"));
+    if std::env::var_os("POTLUCK_E2E_KEEP").is_some() {
+        let _ = dir.keep();
+        return TestFleet {
+            fleet,
+            _dir: tempfile::tempdir().expect("temp dir"),
+        };
+    }
     TestFleet { fleet, _dir: dir }
 }
 
@@ -108,7 +114,15 @@ pub fn chunk(data: Bytes) -> pb::PutObjectRequest {
     }
 }
 
-/// Puts `data` as one header and 1 MiB chunks.
+pub fn finish() -> pb::PutObjectRequest {
+    pb::PutObjectRequest {
+        body: Some(pb::put_object_request::Body::Finish(
+            pb::PutObjectFinish::default(),
+        )),
+    }
+}
+
+/// Puts `data` as one header, 1 MiB chunks and a finish carrying size and hash.
 pub async fn put(
     c: &mut ObjectServiceClient<Channel>,
     bucket: &str,
@@ -123,7 +137,15 @@ pub async fn put(
         msgs.push(chunk(data.slice(off..end)));
         off = end;
     }
-    c.put_object(tokio_stream::iter(msgs)).await.map(|r| r.into_inner())
+    msgs.push(pb::PutObjectRequest {
+        body: Some(pb::put_object_request::Body::Finish(pb::PutObjectFinish {
+            size: Some(data.len() as u64),
+            blake3: Bytes::copy_from_slice(blake3::hash(&data).as_bytes()),
+        })),
+    });
+    c.put_object(tokio_stream::iter(msgs))
+        .await
+        .map(|r| r.into_inner())
 }
 
 pub async fn get_range(
@@ -150,7 +172,11 @@ pub async fn get_range(
     Ok(out)
 }
 
-pub async fn get(c: &mut ObjectServiceClient<Channel>, bucket: &str, key: &str) -> Result<Vec<u8>, Status> {
+pub async fn get(
+    c: &mut ObjectServiceClient<Channel>,
+    bucket: &str,
+    key: &str,
+) -> Result<Vec<u8>, Status> {
     get_range(c, bucket, key, None, None).await
 }
 

@@ -10,7 +10,11 @@ const B: &str = "bad-input";
 fn assert_refused<T: std::fmt::Debug>(r: Result<T, tonic::Status>, code: Code, says: &str) {
     let e = r.expect_err("must be refused");
     assert_eq!(e.code(), code, "{e}");
-    assert!(e.message().contains(says), "message {:?} should mention {says:?}", e.message());
+    assert!(
+        e.message().contains(says),
+        "message {:?} should mention {says:?}",
+        e.message()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -20,21 +24,33 @@ async fn bad_requests_are_refused_with_a_reason_and_the_agent_keeps_serving() {
     let ep = fleet.endpoints()[0].clone();
     let mut c = object_client(&ep).await;
 
-    assert_refused(put(&mut c, B, "", b"x").await, Code::InvalidArgument, "key is empty");
+    assert_refused(
+        put(&mut c, B, "", b"x").await,
+        Code::InvalidArgument,
+        "key is empty",
+    );
     assert_refused(
         put(&mut c, B, &"k".repeat(1025), b"x").await,
         Code::InvalidArgument,
         "1024",
     );
-    assert_refused(put(&mut c, "Bad_Bucket", "k", b"x").await, Code::InvalidArgument, "bucket");
+    assert_refused(
+        put(&mut c, "Bad_Bucket", "k", b"x").await,
+        Code::InvalidArgument,
+        "bucket",
+    );
 
     // Data before any header.
     let r = c
-        .put_object(tokio_stream::iter(vec![chunk(bytes::Bytes::from_static(b"data"))]))
+        .put_object(tokio_stream::iter(vec![chunk(bytes::Bytes::from_static(
+            b"data",
+        ))]))
         .await;
     assert_refused(r, Code::InvalidArgument, "header");
     // An empty stream.
-    let r = c.put_object(tokio_stream::iter(Vec::<pb::PutObjectRequest>::new())).await;
+    let r = c
+        .put_object(tokio_stream::iter(Vec::<pb::PutObjectRequest>::new()))
+        .await;
     assert_refused(r, Code::InvalidArgument, "header");
     // A chunk over the 4 MiB limit.
     let r = c
@@ -50,9 +66,41 @@ async fn bad_requests_are_refused_with_a_reason_and_the_agent_keeps_serving() {
         hh.size = Some(10);
     }
     let r = c
-        .put_object(tokio_stream::iter(vec![h, chunk(bytes::Bytes::from_static(b"abc"))]))
+        .put_object(tokio_stream::iter(vec![
+            h,
+            chunk(bytes::Bytes::from_static(b"abc")),
+            finish(),
+        ]))
         .await;
     assert_refused(r, Code::InvalidArgument, "declared");
+    // A stream that ends without its finish message (what a cancelled client
+    // looks like to the server) stores nothing.
+    let r = c
+        .put_object(tokio_stream::iter(vec![
+            header(B, "unfinished"),
+            chunk(bytes::Bytes::from_static(b"abc")),
+        ]))
+        .await;
+    assert_refused(r, Code::Cancelled, "finish");
+    assert_refused(
+        get(&mut c, B, "unfinished").await,
+        Code::NotFound,
+        "not found",
+    );
+    // A content hash that does not match what arrived.
+    let r = c
+        .put_object(tokio_stream::iter(vec![
+            header(B, "damaged"),
+            chunk(bytes::Bytes::from_static(b"abc")),
+            pb::PutObjectRequest {
+                body: Some(pb::put_object_request::Body::Finish(pb::PutObjectFinish {
+                    size: Some(3),
+                    blake3: bytes::Bytes::copy_from_slice(blake3::hash(b"abd").as_bytes()),
+                })),
+            },
+        ]))
+        .await;
+    assert_refused(r, Code::DataLoss, "BLAKE3");
 
     // Unknown pool, and a pool the fleet cannot place.
     let mut h = header(B, "k");
@@ -85,9 +133,14 @@ async fn bad_requests_are_refused_with_a_reason_and_the_agent_keeps_serving() {
     assert_refused(r, Code::InvalidArgument, "page token");
 
     // Still serving.
-    assert_eq!(get(&mut c, B, "ten").await.expect("still serving"), b"0123456789");
     assert_eq!(
-        get_range(&mut c, B, "ten", Some(3), Some(4)).await.expect("range"),
+        get(&mut c, B, "ten").await.expect("still serving"),
+        b"0123456789"
+    );
+    assert_eq!(
+        get_range(&mut c, B, "ten", Some(3), Some(4))
+            .await
+            .expect("range"),
         b"3456"
     );
 }
@@ -108,5 +161,8 @@ async fn health_and_reflection_are_served() {
         .await
         .expect("health check")
         .into_inner();
-    assert_eq!(r.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    assert_eq!(
+        r.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
 }

@@ -33,7 +33,9 @@ async fn objects_of_every_edge_size_round_trip_through_any_gateway() {
         let data = random_bytes(n, i as u64);
         let mut c = object_client(&eps[i % eps.len()]).await;
         let key = format!("sizes/{n}");
-        let r = put(&mut c, B, &key, &data).await.unwrap_or_else(|e| panic!("put {n}: {e}"));
+        let r = put(&mut c, B, &key, &data)
+            .await
+            .unwrap_or_else(|e| panic!("put {n}: {e}"));
         let info = r.info.expect("put returns info");
         assert_eq!(info.size, n as u64);
         assert_eq!(info.blake3, blake3::hash(&data).to_hex().to_string());
@@ -42,8 +44,15 @@ async fn objects_of_every_edge_size_round_trip_through_any_gateway() {
     }
     for (i, (key, data)) in objects.iter().enumerate() {
         let mut c = object_client(&eps[(i + 3) % eps.len()]).await;
-        let got = get(&mut c, B, key).await.unwrap_or_else(|e| panic!("get {key}: {e}"));
-        assert!(got == *data, "{key}: {} bytes back, {} put", got.len(), data.len());
+        let got = get(&mut c, B, key)
+            .await
+            .unwrap_or_else(|e| panic!("get {key}: {e}"));
+        assert!(
+            got == *data,
+            "{key}: {} bytes back, {} put",
+            got.len(),
+            data.len()
+        );
     }
 
     // Ranged reads at stripe and chunk edges of the multi-stripe object.
@@ -64,7 +73,11 @@ async fn objects_of_every_edge_size_round_trip_through_any_gateway() {
         let got = get_range(&mut c, B, key, Some(off as u64), Some(len as u64))
             .await
             .unwrap_or_else(|e| panic!("range {off}+{len}: {e}"));
-        let end = if len == 0 { data.len() } else { (off + len).min(data.len()) };
+        let end = if len == 0 {
+            data.len()
+        } else {
+            (off + len).min(data.len())
+        };
         assert!(got == data[off..end], "range {off}+{len}");
     }
 
@@ -111,29 +124,50 @@ async fn two_lost_members_lose_nothing_and_a_third_gets_a_clear_error() {
     let eps = fleet.endpoints();
     let mut c = object_client(&eps[5]).await;
     let mut objects = Vec::new();
-    for (i, n) in [1usize, 700_000, 4 * MIB, 9 * MIB + 3, 17 * MIB].into_iter().enumerate() {
+    for (i, n) in [1usize, 700_000, 4 * MIB, 9 * MIB + 3, 17 * MIB]
+        .into_iter()
+        .enumerate()
+    {
         let data = random_bytes(n, 100 + i as u64);
         let key = format!("loss/{i}");
         put(&mut c, B, &key, &data).await.expect("put");
         objects.push((key, data));
     }
+    // One member gone: writes still meet the k+1 quorum, degraded.
     fleet.kill(0).await.expect("kill 0");
+    let fresh = random_bytes(5 * MIB, 7);
+    let r = put(&mut c, B, "loss/fresh", &fresh)
+        .await
+        .expect("put with 1 down");
+    assert!(r.degraded_stripes > 0, "stripes missed the dead member");
+    objects.push(("loss/fresh".to_string(), fresh));
+
+    // Two gone: every object, including the degraded one, reads back.
     fleet.kill(1).await.expect("kill 1");
     for gateway in [2, 5] {
         let mut c = object_client(&eps[gateway]).await;
         for (key, data) in &objects {
-            let got = get(&mut c, B, key).await.unwrap_or_else(|e| panic!("{key} after 2 losses: {e}"));
+            let got = get(&mut c, B, key)
+                .await
+                .unwrap_or_else(|e| panic!("{key} after 2 losses: {e}"));
             assert!(got == *data, "{key} differs after 2 losses");
         }
     }
-    // Writes still meet the k+1 quorum with two members gone.
-    let fresh = random_bytes(5 * MIB, 7);
-    let r = put(&mut c, B, "loss/fresh", &fresh).await.expect("put with 2 down");
-    assert!(r.degraded_stripes > 0, "stripes missed the dead members");
-    assert!(get(&mut c, B, "loss/fresh").await.expect("get fresh") == fresh);
+    // ...but a new write cannot meet k+1 = 5 and says so.
+    let err = put(&mut c, B, "loss/refused", &random_bytes(MIB, 8))
+        .await
+        .expect_err("write quorum unreachable");
+    assert_eq!(err.code(), Code::Unavailable);
+    assert!(
+        err.message().contains("write quorum is 5"),
+        "{}",
+        err.message()
+    );
 
     fleet.kill(2).await.expect("kill 2");
-    let err = get(&mut c, B, "loss/3").await.expect_err("3 of 6 lost must not read");
+    let err = get(&mut c, B, "loss/3")
+        .await
+        .expect_err("3 of 6 lost must not read");
     assert_eq!(err.code(), Code::Unavailable, "{err}");
     assert!(
         err.message().contains("3 of 6 shards") && err.message().contains("4 needed"),
@@ -154,7 +188,7 @@ async fn flipped_bytes_on_disk_are_detected_and_read_around() {
     // in every blob file, start it again on the same disk.
     fleet.stop(0).await.expect("stop 0");
     let mut flipped = 0;
-    for entry in walk(&fleet.data_dir(0)) {
+    for entry in walk(fleet.data_dir(0)) {
         if entry.extension().is_some_and(|e| e == "blob") {
             let mut bytes = std::fs::read(&entry).expect("read blob");
             let mut at = 4096;
@@ -172,7 +206,9 @@ async fn flipped_bytes_on_disk_are_detected_and_read_around() {
 
     // Read through the corrupted member itself: it must notice and rebuild.
     let mut c0 = object_client(&eps[0]).await;
-    let got = get(&mut c0, B, "corrupt/me").await.expect("read around corruption");
+    let got = get(&mut c0, B, "corrupt/me")
+        .await
+        .expect("read around corruption");
     assert!(got == data, "corrupted shards must never reach the client");
     let metrics = fleet.metrics_addr(0).to_string();
     let corrupt = metric(&metrics, "potluck_store_corrupt_shards_total", "").await;
@@ -202,17 +238,24 @@ async fn a_killed_gateway_leaves_no_torn_object_and_a_retry_succeeds() {
     let eps = fleet.endpoints();
     let before = random_bytes(6 * MIB, 1);
     let mut c0 = object_client(&eps[0]).await;
-    put(&mut c0, B, "crash/before", &before).await.expect("put before");
+    put(&mut c0, B, "crash/before", &before)
+        .await
+        .expect("put before");
 
     // Stream a put into member 0 and SIGKILL it half way.
     let data = random_bytes(40 * MIB, 2);
     let (tx, rx) = tokio::sync::mpsc::channel(2);
     let call = tokio::spawn(async move {
-        c0.put_object(tokio_stream::wrappers::ReceiverStream::new(rx)).await
+        c0.put_object(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
     });
-    tx.send(header(B, "crash/during")).await.expect("send header");
+    tx.send(header(B, "crash/during"))
+        .await
+        .expect("send header");
     for piece in data.chunks(MIB).take(20) {
-        tx.send(chunk(bytes::Bytes::copy_from_slice(piece))).await.expect("send chunk");
+        tx.send(chunk(bytes::Bytes::copy_from_slice(piece)))
+            .await
+            .expect("send chunk");
     }
     // Wait until member 0 has written shards of this put (so the kill lands
     // mid-put, not before it started).
@@ -239,8 +282,15 @@ async fn a_killed_gateway_leaves_no_torn_object_and_a_retry_succeeds() {
     fleet.restart(0).await.expect("restart 0");
     let eps = fleet.endpoints();
     let mut c0 = object_client(&eps[0]).await;
-    assert!(get(&mut c0, B, "crash/before").await.expect("acknowledged data survives") == before);
-    put(&mut c0, B, "crash/during", &data).await.expect("retried put");
+    assert!(
+        get(&mut c0, B, "crash/before")
+            .await
+            .expect("acknowledged data survives")
+            == before
+    );
+    put(&mut c0, B, "crash/during", &data)
+        .await
+        .expect("retried put");
     assert!(get(&mut c1, B, "crash/during").await.expect("get retried") == data);
 }
 
@@ -251,20 +301,31 @@ async fn a_member_killed_mid_put_degrades_the_stripes_but_not_the_put() {
     let data = random_bytes(48 * MIB, 3);
     let mut c = object_client(&eps[2]).await;
     let (tx, rx) = tokio::sync::mpsc::channel(2);
-    let call = tokio::spawn(async move { c.put_object(tokio_stream::wrappers::ReceiverStream::new(rx)).await });
+    let call = tokio::spawn(async move {
+        c.put_object(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+    });
     tx.send(header(B, "degraded/put")).await.expect("header");
     let mut pieces = data.chunks(MIB);
     for p in pieces.by_ref().take(16) {
-        tx.send(chunk(bytes::Bytes::copy_from_slice(p))).await.expect("chunk");
+        tx.send(chunk(bytes::Bytes::copy_from_slice(p)))
+            .await
+            .expect("chunk");
     }
     fleet.kill(4).await.expect("kill 4");
     for p in pieces {
-        tx.send(chunk(bytes::Bytes::copy_from_slice(p))).await.expect("chunk");
+        tx.send(chunk(bytes::Bytes::copy_from_slice(p)))
+            .await
+            .expect("chunk");
     }
+    tx.send(finish()).await.expect("finish");
     drop(tx);
-    let r = call.await.expect("join").expect("put meets quorum without member 4").into_inner();
+    let r = call
+        .await
+        .expect("join")
+        .expect("put meets quorum without member 4")
+        .into_inner();
     assert!(r.degraded_stripes > 0);
     let mut c = object_client(&eps[3]).await;
     assert!(get(&mut c, B, "degraded/put").await.expect("get") == data);
 }
-

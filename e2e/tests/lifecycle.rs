@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
+use pb::agent_control_client::AgentControlClient;
 use potluck_e2e::*;
 use potluck_proto::v1 as pb;
-use pb::agent_control_client::AgentControlClient;
 use tonic::Code;
 
 const B: &str = "lifecycle";
@@ -39,11 +39,16 @@ async fn overwritten_and_deleted_versions_are_collected() {
     assert_eq!(one_version, (9 * MIB as u64) / 4 * 6, "4+2 stores 1.5x");
     put(&mut c, B, "obj", &v2).await.expect("v2");
     let mut c3 = object_client(&eps[3]).await;
-    assert!(get(&mut c3, B, "obj").await.expect("newest") == v2, "overwrite visible at once");
+    assert!(
+        get(&mut c3, B, "obj").await.expect("newest") == v2,
+        "overwrite visible at once"
+    );
 
     let v2_bytes = {
         let layout = potluck_agent::layout::StripeLayout::new(v2.len() as u64, 4, MIB as u64);
-        (0..layout.stripe_count()).map(|s| layout.shard_len(s) * 6).sum::<u64>()
+        (0..layout.stripe_count())
+            .map(|s| layout.shard_len(s) * 6)
+            .sum::<u64>()
     };
     wait_until(Duration::from_secs(60), || async {
         stored_bytes(&fleet).await - baseline == v2_bytes
@@ -60,7 +65,15 @@ async fn overwritten_and_deleted_versions_are_collected() {
     assert!(r.is_ok(), "delete: {r:?}");
     let gone = get(&mut c3, B, "obj").await.expect_err("deleted");
     assert_eq!(gone.code(), Code::NotFound);
-    wait_until(Duration::from_secs(60), || async { stored_bytes(&fleet).await == baseline }).await;
+    wait_until(Duration::from_secs(60), || async {
+        let now = stored_bytes(&fleet).await;
+        eprintln!(
+            "after delete: stored {now}, data dir {}",
+            fleet.data_dir(0).display()
+        );
+        now == baseline
+    })
+    .await;
     let again = c
         .delete_object(pb::DeleteObjectRequest {
             bucket: B.into(),
@@ -80,17 +93,34 @@ async fn a_large_put_uses_a_few_stripes_of_memory_not_the_object_size() {
     // 1 GiB streamed from a generator: the client never holds it either.
     let total = 1024 * MIB;
     let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let call = tokio::spawn(async move { c.put_object(tokio_stream::wrappers::ReceiverStream::new(rx)).await });
+    let call = tokio::spawn(async move {
+        c.put_object(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+    });
     tx.send(header(B, "huge")).await.expect("header");
     let block = bytes::Bytes::from(random_bytes(MIB, 9));
     for _ in 0..total / MIB {
         tx.send(chunk(block.clone())).await.expect("chunk");
     }
+    tx.send(finish()).await.expect("finish");
     drop(tx);
-    let info = call.await.expect("join").expect("huge put").into_inner().info.expect("info");
+    let info = call
+        .await
+        .expect("join")
+        .expect("huge put")
+        .into_inner()
+        .info
+        .expect("info");
     assert_eq!(info.size, total as u64);
     let peak = peak_rss_bytes(fleet.pid(0).expect("pid")).expect("rss");
-    eprintln!("gateway peak RSS: before {} MiB, after a 1 GiB put {} MiB", rss_before >> 20, peak >> 20);
-    assert!(peak < 400 << 20, "gateway peak RSS {} MiB for a 1 GiB put", peak >> 20);
+    eprintln!(
+        "gateway peak RSS: before {} MiB, after a 1 GiB put {} MiB",
+        rss_before >> 20,
+        peak >> 20
+    );
+    assert!(
+        peak < 400 << 20,
+        "gateway peak RSS {} MiB for a 1 GiB put",
+        peak >> 20
+    );
 }
-

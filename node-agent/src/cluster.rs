@@ -9,7 +9,9 @@ use potluck_proto::v1 as pb;
 pub enum MapError {
     #[error("cluster map epoch {offered} is older than the applied epoch {current}; push the newest map")]
     Stale { offered: u64, current: u64 },
-    #[error("a different cluster map with epoch {0} is already applied; epochs must never be reused")]
+    #[error(
+        "a different cluster map with epoch {0} is already applied; epochs must never be reused"
+    )]
     Conflict(u64),
     #[error("cluster map is invalid: {0}")]
     Invalid(String),
@@ -66,7 +68,10 @@ impl MapView {
     }
 }
 
-fn validate_pool(p: &pb::PoolMap, members: &HashMap<String, pb::MemberInfo>) -> Result<(), MapError> {
+fn validate_pool(
+    p: &pb::PoolMap,
+    members: &HashMap<String, pb::MemberInfo>,
+) -> Result<(), MapError> {
     let bad = |why: String| Err(MapError::Invalid(format!("pool {:?}: {why}", p.name)));
     if p.k == 0 || p.m == 0 || p.k + p.m > crate::keys::MAX_WIDTH {
         return bad(format!("k={} m={} is not a usable code", p.k, p.m));
@@ -81,11 +86,18 @@ fn validate_pool(p: &pb::PoolMap, members: &HashMap<String, pb::MemberInfo>) -> 
         return Ok(());
     }
     if p.pgs.len() != p.pg_count as usize || p.pg_count == 0 {
-        return bad(format!("{} acting sets for {} PGs", p.pgs.len(), p.pg_count));
+        return bad(format!(
+            "{} acting sets for {} PGs",
+            p.pgs.len(),
+            p.pg_count
+        ));
     }
     for (i, set) in p.pgs.iter().enumerate() {
         if set.members.len() != (p.k + p.m) as usize {
-            return bad(format!("PG {i} has {} members, needs k+m", set.members.len()));
+            return bad(format!(
+                "PG {i} has {} members, needs k+m",
+                set.members.len()
+            ));
         }
         if let Some(unknown) = set.members.iter().find(|m| !members.contains_key(*m)) {
             return bad(format!("PG {i} names unknown member {unknown}"));
@@ -198,12 +210,18 @@ mod tests {
         assert!(c.apply(map(2), |_| Ok(())).unwrap().1);
         assert!(matches!(
             c.apply(map(1), |_| Ok(())),
-            Err(MapError::Stale { offered: 1, current: 2 })
+            Err(MapError::Stale {
+                offered: 1,
+                current: 2
+            })
         ));
         assert!(!c.apply(map(2), |_| Ok(())).unwrap().1);
         let mut other = map(2);
         other.created_unix_ms = 5;
-        assert!(matches!(c.apply(other, |_| Ok(())), Err(MapError::Conflict(2))));
+        assert!(matches!(
+            c.apply(other, |_| Ok(())),
+            Err(MapError::Conflict(2))
+        ));
         assert!(c.apply(map(3), |_| Ok(())).unwrap().1);
         assert_eq!(c.view().pool("default").unwrap().k, 2);
     }

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use potluck_proto::v1 as pb;
 use pb::agent_control_server::AgentControl;
+use potluck_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use crate::cluster::MapError;
@@ -61,7 +61,9 @@ impl AgentControl for Control {
         }
         .await;
         let code = r.as_ref().map_or_else(|s| s.code(), |_| tonic::Code::Ok);
-        self.node.metrics.observe("AgentControl", "ApplyClusterMap", t, code);
+        self.node
+            .metrics
+            .observe("AgentControl", "ApplyClusterMap", t, code);
         r.map(Response::new)
     }
 

@@ -42,7 +42,10 @@ pub async fn run(node: Arc<Node>) {
 async fn collect(node: &Arc<Node>, entry: &GcEntry) -> bool {
     let m = &entry.manifest;
     let view = node.cluster.view();
-    let Some(pool) = view.pool(&m.pool).filter(|p| p.unplaceable_reason.is_empty()) else {
+    let Some(pool) = view
+        .pool(&m.pool)
+        .filter(|p| p.unplaceable_reason.is_empty())
+    else {
         return false;
     };
     let Ok(object_id) = <[u8; 16]>::try_from(m.object_id.as_ref()) else {
@@ -54,17 +57,24 @@ async fn collect(node: &Arc<Node>, entry: &GcEntry) -> bool {
     let mut all_ok = true;
     for s in 0..layout.stripe_count() {
         let pg = stripe_pg(&object_id, s, pool.pg_count);
-        let Some(set) = pool.pgs.get(pg as usize) else { return false };
-        let deletes = set.members.iter().take(width).enumerate().map(|(i, member)| {
-            let key = ShardKey {
-                pool: m.pool.clone(),
-                pg,
-                object_id,
-                stripe: s as u32,
-                shard: i as u8,
-            };
-            node.delete_shard(&view, member, key)
-        });
+        let Some(set) = pool.pgs.get(pg as usize) else {
+            return false;
+        };
+        let deletes = set
+            .members
+            .iter()
+            .take(width)
+            .enumerate()
+            .map(|(i, member)| {
+                let key = ShardKey {
+                    pool: m.pool.clone(),
+                    pg,
+                    object_id,
+                    stripe: s as u32,
+                    shard: i as u8,
+                };
+                node.delete_shard(&view, member, key)
+            });
         for r in futures::future::join_all(deletes).await {
             match r {
                 Ok(true) => node.metrics.gc_shards_deleted.inc(),

@@ -168,7 +168,10 @@ mod tests {
         .to_proto();
         assert!(ShardKey::from_proto(Some(&id)).is_ok());
         id.shard = 40;
-        assert_eq!(ShardKey::from_proto(Some(&id)), Err(KeyError::ShardIndex(40)));
+        assert_eq!(
+            ShardKey::from_proto(Some(&id)),
+            Err(KeyError::ShardIndex(40))
+        );
         id.shard = 1;
         id.object_id = bytes::Bytes::from_static(b"short");
         assert_eq!(ShardKey::from_proto(Some(&id)), Err(KeyError::ObjectId(5)));

@@ -130,7 +130,11 @@ mod tests {
         assert_eq!(stripe_pg(&id, 3, 128), stripe_pg(&id, 3, 128));
         let distinct: std::collections::HashSet<u32> =
             (0..64).map(|s| stripe_pg(&id, s, 128)).collect();
-        assert!(distinct.len() > 32, "stripes should scatter: {}", distinct.len());
+        assert!(
+            distinct.len() > 32,
+            "stripes should scatter: {}",
+            distinct.len()
+        );
         assert!(manifest_pg("b", "k", 128) < 128);
     }
 }

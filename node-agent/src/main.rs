@@ -11,7 +11,11 @@ use potluck_agent::node::Tuning;
 use potluck_agent::server::{Agent, AgentConfig};
 
 #[derive(Parser, Debug)]
-#[command(name = "potluck-agent", version, about = "Potluck node agent: stores shards and serves objects")]
+#[command(
+    name = "potluck-agent",
+    version,
+    about = "Potluck node agent: stores shards and serves objects"
+)]
 struct Args {
     /// Member id, stable across restarts (the data directory remembers it).
     #[arg(long, env = "POTLUCK_MEMBER_ID")]
@@ -42,9 +46,13 @@ struct Args {
 /// Sizes like `1048576`, `64MiB`, `10GiB`, `1TB` (decimal units for KB/MB/GB/TB).
 fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: f64 = num.parse().map_err(|_| format!("{s:?} is not a size; use e.g. 10GiB"))?;
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size; use e.g. 10GiB"))?;
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "kib" | "k" => 1 << 10,
@@ -55,7 +63,11 @@ fn parse_size(s: &str) -> Result<u64, String> {
         "mb" => 1_000_000,
         "gb" => 1_000_000_000,
         "tb" => 1_000_000_000_000,
-        u => return Err(format!("unknown size unit {u:?}; use B, KiB, MiB, GiB or TiB")),
+        u => {
+            return Err(format!(
+                "unknown size unit {u:?}; use B, KiB, MiB, GiB or TiB"
+            ))
+        }
     };
     Ok((n * mult as f64) as u64)
 }
@@ -99,7 +111,10 @@ async fn main() -> anyhow::Result<()> {
         )?;
         out.flush()?;
     }
-    agent.serve(shutdown_signal()).await.context("agent stopped with an error")?;
+    agent
+        .serve(shutdown_signal())
+        .await
+        .context("agent stopped with an error")?;
     tracing::info!("agent stopped cleanly");
     Ok(())
 }

@@ -131,9 +131,17 @@ impl Metrics {
                 "potluck_gateway_stripe_buffers_allocated_total",
                 "Stripe buffers allocated (steady-state puts reuse them)",
             )?,
-            map_epoch: gauge(r, "potluck_cluster_map_epoch", "Epoch of the applied cluster map")?,
+            map_epoch: gauge(
+                r,
+                "potluck_cluster_map_epoch",
+                "Epoch of the applied cluster map",
+            )?,
             store_shards: gauge(r, "potluck_store_shards", "Shards held by this member")?,
-            store_bytes: gauge(r, "potluck_store_shard_bytes", "Shard bytes held by this member")?,
+            store_bytes: gauge(
+                r,
+                "potluck_store_shard_bytes",
+                "Shard bytes held by this member",
+            )?,
             store_capacity: gauge(
                 r,
                 "potluck_store_capacity_bytes",

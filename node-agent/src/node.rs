@@ -122,12 +122,16 @@ impl Node {
         &self,
         view: &MapView,
         member: &str,
-    ) -> Result<potluck_proto::v1::shard_service_client::ShardServiceClient<tonic::transport::Channel>, PeerError>
-    {
-        let info = view.member(member).ok_or_else(|| PeerError::UnknownMember {
-            member: member.to_string(),
-            epoch: view.epoch(),
-        })?;
+    ) -> Result<
+        potluck_proto::v1::shard_service_client::ShardServiceClient<tonic::transport::Channel>,
+        PeerError,
+    > {
+        let info = view
+            .member(member)
+            .ok_or_else(|| PeerError::UnknownMember {
+                member: member.to_string(),
+                epoch: view.epoch(),
+            })?;
         self.peers.client(member, &info.endpoint)
     }
 
@@ -165,7 +169,11 @@ impl Node {
                 .map_err(|s| PeerError::call(member, s))
         };
         match &r {
-            Ok(()) => self.metrics.peer_bytes.with_label_values(&["out"]).inc_by(len),
+            Ok(()) => self
+                .metrics
+                .peer_bytes
+                .with_label_values(&["out"])
+                .inc_by(len),
             Err(_) => self.note_peer_error(member),
         }
         r
@@ -225,7 +233,9 @@ impl Node {
         let len = first.header.as_ref().map(|h| h.length).unwrap_or(0);
         let mut frames = FrameCollector::new(len);
         if !frames.push(first.data) {
-            return Err(call(tonic::Status::data_loss("shard longer than announced")));
+            return Err(call(tonic::Status::data_loss(
+                "shard longer than announced",
+            )));
         }
         while frames.len() < len {
             let pushed = match stream.message().await.map_err(call)? {

@@ -97,7 +97,11 @@ impl Peers {
 }
 
 /// Splits a shard into PutShard messages; slices share the buffer, no copies.
-pub fn put_shard_messages(epoch: u64, header: pb::ShardHeader, data: Bytes) -> Vec<pb::PutShardRequest> {
+pub fn put_shard_messages(
+    epoch: u64,
+    header: pb::ShardHeader,
+    data: Bytes,
+) -> Vec<pb::PutShardRequest> {
     let mut msgs = Vec::with_capacity(1 + data.len() / FRAME_BYTES);
     let mut header = Some(header);
     let mut off = 0;

@@ -36,14 +36,19 @@ pub enum AgentError {
     #[error("the stored cluster map is unusable: {0}")]
     Map(#[from] crate::cluster::MapError),
     #[error("binding {addr}: {source}; pick a free address or port 0")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
     #[error("reflection service: {0}")]
     Reflection(String),
     #[error("gRPC server: {0}")]
     Serve(#[from] tonic::transport::Error),
-    #[error("member id {0:?} is invalid: use 1-63 characters of letters, digits, '-', '_' and '.'")]
+    #[error(
+        "member id {0:?} is invalid: use 1-63 characters of letters, digits, '-', '_' and '.'"
+    )]
     BadId(String),
 }
 
@@ -72,15 +77,23 @@ impl Agent {
             path: cfg.data_dir.clone(),
             source,
         };
-        std::fs::create_dir_all(&cfg.data_dir).map_err(|e| store_err(StoreError::Malformed(e.to_string())))?;
+        std::fs::create_dir_all(&cfg.data_dir)
+            .map_err(|e| store_err(StoreError::Malformed(e.to_string())))?;
         let store = Arc::new(
-            ShardStore::open(&cfg.data_dir.join("rocksdb"), &cfg.id, cfg.capacity_bytes).map_err(store_err)?,
+            ShardStore::open(&cfg.data_dir.join("rocksdb"), &cfg.id, cfg.capacity_bytes)
+                .map_err(store_err)?,
         );
         let saved = store.load_map().map_err(store_err)?;
         let cluster = Cluster::new(saved)?;
         let metrics = Arc::new(Metrics::new(&cfg.id)?);
         metrics.map_epoch.set(cluster.epoch() as i64);
-        let node = Arc::new(Node::new(cfg.id.clone(), store, cluster, metrics, cfg.tuning.clone()));
+        let node = Arc::new(Node::new(
+            cfg.id.clone(),
+            store,
+            cluster,
+            metrics,
+            cfg.tuning.clone(),
+        ));
         let bind = |addr: SocketAddr| async move {
             TcpListener::bind(addr)
                 .await
@@ -88,7 +101,10 @@ impl Agent {
         };
         let grpc = bind(cfg.listen).await?;
         let metrics_l = bind(cfg.metrics_listen).await?;
-        let local = |l: &TcpListener, addr| l.local_addr().map_err(|source| AgentError::Bind { addr, source });
+        let local = |l: &TcpListener, addr| {
+            l.local_addr()
+                .map_err(|source| AgentError::Bind { addr, source })
+        };
         Ok(Self {
             grpc_addr: local(&grpc, cfg.listen)?,
             metrics_addr: local(&metrics_l, cfg.metrics_listen)?,
@@ -98,7 +114,10 @@ impl Agent {
         })
     }
 
-    pub async fn serve(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<(), AgentError> {
+    pub async fn serve(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), AgentError> {
         use pb::agent_control_server::AgentControlServer;
         use pb::object_service_server::ObjectServiceServer;
         use pb::shard_service_server::ShardServiceServer;
@@ -106,7 +125,9 @@ impl Agent {
         let node = self.node.clone();
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<ObjectServiceServer<Gateway>>().await;
-        health.set_serving::<ShardServiceServer<ShardServer>>().await;
+        health
+            .set_serving::<ShardServiceServer<ShardServer>>()
+            .await;
         health.set_serving::<AgentControlServer<Control>>().await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)

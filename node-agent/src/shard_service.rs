@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use potluck_proto::v1 as pb;
 use pb::shard_service_server::ShardService;
+use potluck_proto::v1 as pb;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -32,7 +32,9 @@ impl ShardServer {
 
     fn observe<T>(&self, method: &str, started: Instant, r: &Result<T, Status>) {
         let code = r.as_ref().map_or_else(|s| s.code(), |_| tonic::Code::Ok);
-        self.node.metrics.observe("ShardService", method, started, code);
+        self.node
+            .metrics
+            .observe("ShardService", method, started, code);
     }
 
     fn check_write_epoch(&self, epoch: u64) -> Result<(), Status> {
@@ -62,8 +64,9 @@ fn key_status(e: keys::KeyError) -> Status {
 }
 
 fn hash32(b: &[u8]) -> Result<[u8; 32], Status> {
-    b.try_into()
-        .map_err(|_| Status::invalid_argument(format!("BLAKE3 hash must be 32 bytes, got {}", b.len())))
+    b.try_into().map_err(|_| {
+        Status::invalid_argument(format!("BLAKE3 hash must be 32 bytes, got {}", b.len()))
+    })
 }
 
 #[tonic::async_trait]
@@ -75,14 +78,13 @@ impl ShardService for ShardServer {
         let t = Instant::now();
         let r = async {
             let mut stream = req.into_inner();
-            let first = stream
-                .message()
-                .await?
-                .ok_or_else(|| Status::invalid_argument("empty PutShard stream: send the header first"))?;
+            let first = stream.message().await?.ok_or_else(|| {
+                Status::invalid_argument("empty PutShard stream: send the header first")
+            })?;
             self.check_write_epoch(first.epoch)?;
-            let header = first
-                .header
-                .ok_or_else(|| Status::invalid_argument("first PutShard message must carry the header"))?;
+            let header = first.header.ok_or_else(|| {
+                Status::invalid_argument("first PutShard message must carry the header")
+            })?;
             let key = ShardKey::from_proto(header.id.as_ref()).map_err(key_status)?;
             let hash = hash32(&header.blake3)?;
             if header.length > MAX_SHARD_BYTES {
@@ -92,7 +94,8 @@ impl ShardService for ShardServer {
                 )));
             }
             let mut frames = FrameCollector::new(header.length);
-            let too_long = || Status::invalid_argument("shard data exceeds the length in its header");
+            let too_long =
+                || Status::invalid_argument("shard data exceeds the length in its header");
             if !frames.push(first.data) {
                 return Err(too_long());
             }
@@ -114,7 +117,11 @@ impl ShardService for ShardServer {
                 .with_store(move |s| s.put_shard(&key, &data, &hash))
                 .await
                 .map_err(store_status)?;
-            self.node.metrics.peer_bytes.with_label_values(&["in"]).inc_by(len);
+            self.node
+                .metrics
+                .peer_bytes
+                .with_label_values(&["in"])
+                .inc_by(len);
             Ok(pb::PutShardResponse {})
         }
         .await;

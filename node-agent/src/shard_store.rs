@@ -44,8 +44,14 @@ pub enum StoreError {
     #[error(
         "member is full: {used} of {capacity} bytes used, {needed} more needed; add members or free space"
     )]
-    Full { used: u64, capacity: u64, needed: u64 },
-    #[error("data directory belongs to member {found:?}, not {expected:?}; use the right --data-dir")]
+    Full {
+        used: u64,
+        capacity: u64,
+        needed: u64,
+    },
+    #[error(
+        "data directory belongs to member {found:?}, not {expected:?}; use the right --data-dir"
+    )]
     WrongMember { expected: String, found: String },
     #[error("stored record is malformed: {0}")]
     Malformed(String),
@@ -70,7 +76,10 @@ impl ShardMeta {
 
     fn decode(b: &[u8]) -> Result<Self, StoreError> {
         if b.len() != 40 {
-            return Err(StoreError::Malformed(format!("shard meta of {} bytes", b.len())));
+            return Err(StoreError::Malformed(format!(
+                "shard meta of {} bytes",
+                b.len()
+            )));
         }
         let mut len = [0u8; 8];
         len.copy_from_slice(&b[..8]);
@@ -109,7 +118,14 @@ pub struct ShardStore {
     /// Manifest writes are read-compare-write; they are small and rare next to
     /// shard writes, so one lock is simpler than per-key locking.
     manifest_lock: Mutex<()>,
+    /// Shard writes and deletes read the old record to keep the byte count
+    /// right; two of them on one key at once (several manifest holders
+    /// collecting the same old version) must not both count it. Striped by
+    /// key hash so unrelated shards never wait on each other.
+    shard_locks: Vec<Mutex<()>>,
 }
+
+const SHARD_LOCK_STRIPES: usize = 64;
 
 fn shard_cf_options() -> Options {
     let mut o = Options::default();
@@ -151,6 +167,7 @@ impl ShardStore {
             bytes: AtomicU64::new(0),
             manifests: AtomicU64::new(0),
             manifest_lock: Mutex::new(()),
+            shard_locks: (0..SHARD_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
         };
         store.claim(member_id)?;
         store.recount()?;
@@ -161,6 +178,15 @@ impl ShardStore {
         self.db
             .cf_handle(name)
             .ok_or_else(|| StoreError::Malformed(format!("column family {name} missing")))
+    }
+
+    fn lock_key(&self, k: &[u8]) -> std::sync::MutexGuard<'_, ()> {
+        let h = blake3::hash(k);
+        let i = h.as_bytes()[0] as usize % self.shard_locks.len();
+        match self.shard_locks[i].lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
     }
 
     fn claim(&self, member_id: &str) -> Result<(), StoreError> {
@@ -179,13 +205,19 @@ impl ShardStore {
 
     fn recount(&self) -> Result<(), StoreError> {
         let (mut n, mut bytes) = (0u64, 0u64);
-        for item in self.db.iterator_cf(self.cf(CF_SHARD_META)?, IteratorMode::Start) {
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_SHARD_META)?, IteratorMode::Start)
+        {
             let (_, v) = item?;
             n += 1;
             bytes += ShardMeta::decode(&v)?.len;
         }
         let mut m = 0u64;
-        for item in self.db.iterator_cf(self.cf(CF_MANIFESTS)?, IteratorMode::Start) {
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_MANIFESTS)?, IteratorMode::Start)
+        {
             item?;
             m += 1;
         }
@@ -205,12 +237,18 @@ impl ShardStore {
     }
 
     /// Stores a shard after checking `data` against `hash`; durable on return.
-    pub fn put_shard(&self, key: &ShardKey, data: &[u8], hash: &[u8; 32]) -> Result<(), StoreError> {
+    pub fn put_shard(
+        &self,
+        key: &ShardKey,
+        data: &[u8],
+        hash: &[u8; 32],
+    ) -> Result<(), StoreError> {
         if blake3::hash(data).as_bytes() != hash {
             return Err(StoreError::HashMismatch);
         }
         let k = key.encode();
         let meta_cf = self.cf(CF_SHARD_META)?;
+        let _guard = self.lock_key(&k);
         let old = self
             .db
             .get_cf(meta_cf, &k)?
@@ -274,6 +312,7 @@ impl ShardStore {
     pub fn delete_shard(&self, key: &ShardKey) -> Result<bool, StoreError> {
         let k = key.encode();
         let meta_cf = self.cf(CF_SHARD_META)?;
+        let _guard = self.lock_key(&k);
         let Some(old) = self.db.get_cf(meta_cf, &k)? else {
             return Ok(false);
         };
@@ -445,7 +484,11 @@ impl ShardStore {
         let mut batch = WriteBatch::default();
         batch.delete_cf(cf, &entry.id);
         if let Some(at) = retry_at {
-            batch.put_cf(cf, gc_key(at, &entry.manifest), entry.manifest.encode_to_vec());
+            batch.put_cf(
+                cf,
+                gc_key(at, &entry.manifest),
+                entry.manifest.encode_to_vec(),
+            );
         }
         Ok(self.db.write_opt(batch, &self.sync)?)
     }
@@ -572,6 +615,24 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn concurrent_deletes_of_one_shard_count_it_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = std::sync::Arc::new(ShardStore::open(dir.path(), "a", 1 << 30).unwrap());
+        for round in 0..20u32 {
+            put(&s, &key(0, round, 0), &[1u8; 5000]);
+            put(&s, &key(0, round, 1), &[2u8; 7000]);
+            std::thread::scope(|sc| {
+                for _ in 0..6 {
+                    let s = s.clone();
+                    sc.spawn(move || s.delete_shard(&key(0, round, 0)).unwrap());
+                }
+            });
+        }
+        assert_eq!(s.stats().shards, 20);
+        assert_eq!(s.stats().bytes, 20 * 7000);
+    }
+
     fn manifest(key: &str, version: u64, tombstone: bool) -> pb::Manifest {
         pb::Manifest {
             bucket: "b".into(),
@@ -591,7 +652,13 @@ mod tests {
         let s = ShardStore::open(dir.path(), "a", 1 << 20).unwrap();
         assert!(s.put_manifest(&manifest("k", 2, false), 1000, 50).unwrap());
         assert!(!s.put_manifest(&manifest("k", 1, false), 1000, 50).unwrap());
-        assert_eq!(s.get_manifest("default", "b", "k").unwrap().unwrap().version, 2);
+        assert_eq!(
+            s.get_manifest("default", "b", "k")
+                .unwrap()
+                .unwrap()
+                .version,
+            2
+        );
         assert!(s.put_manifest(&manifest("k", 3, true), 1000, 50).unwrap());
         assert!(s.due_gc(1049, 10).unwrap().is_empty());
         let due = s.due_gc(1050, 10).unwrap();

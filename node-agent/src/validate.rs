@@ -28,7 +28,9 @@ pub fn bucket(name: &str) -> Result<(), Status> {
 
 pub fn key(key: &str) -> Result<(), Status> {
     if key.is_empty() {
-        return Err(Status::invalid_argument("object key is empty: give a key of 1 to 1024 bytes"));
+        return Err(Status::invalid_argument(
+            "object key is empty: give a key of 1 to 1024 bytes",
+        ));
     }
     if key.len() > MAX_KEY_BYTES {
         return Err(Status::invalid_argument(format!(
@@ -37,7 +39,9 @@ pub fn key(key: &str) -> Result<(), Status> {
         )));
     }
     if key.contains('\0') {
-        return Err(Status::invalid_argument("object key contains a NUL character: remove it"));
+        return Err(Status::invalid_argument(
+            "object key contains a NUL character: remove it",
+        ));
     }
     Ok(())
 }
@@ -70,7 +74,17 @@ mod tests {
         for ok in ["abc", "my-bucket.2024", "a1b"] {
             assert!(bucket(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "ab", "ABC", "-abc", "abc-", "a..b", &"a".repeat(64), "has space", "naïve"] {
+        for bad in [
+            "",
+            "ab",
+            "ABC",
+            "-abc",
+            "abc-",
+            "a..b",
+            &"a".repeat(64),
+            "has space",
+            "naïve",
+        ] {
             let e = bucket(bad).unwrap_err();
             assert_eq!(e.code(), tonic::Code::InvalidArgument, "{bad}");
         }

@@ -7,5 +7,6 @@ pub mod v1 {
     tonic::include_proto!("potluck.v1");
 
     /// Encoded `FileDescriptorSet` of the contract, for tonic-reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("potluck_descriptor");
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("potluck_descriptor");
 }

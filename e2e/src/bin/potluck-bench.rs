@@ -32,11 +32,13 @@ fn codec_bench(reps: usize) -> (f64, f64, f64) {
     let (k, m, chunk) = (4usize, 2usize, MIB);
     let stripes = 32;
     let codec = StripeCodec::new(k as u32, m as u32).expect("codec");
-    let mut bufs: Vec<Vec<u8>> = (0..stripes).map(|i| {
-        let mut b = random_bytes((k + m) * chunk, i as u64);
-        b[k * chunk..].fill(0);
-        b
-    }).collect();
+    let mut bufs: Vec<Vec<u8>> = (0..stripes)
+        .map(|i| {
+            let mut b = random_bytes((k + m) * chunk, i as u64);
+            b[k * chunk..].fill(0);
+            b
+        })
+        .collect();
     let data_bytes = stripes * k * chunk;
     let mut memcpy = Vec::new();
     let mut encode = Vec::new();
@@ -79,7 +81,9 @@ fn rocksdb_baseline(total: usize, reps: usize) -> f64 {
     let mut rates = Vec::new();
     for r in 0..reps {
         let dir = tempfile::tempdir().expect("tmp");
-        let store = std::sync::Arc::new(ShardStore::open(dir.path(), "bench", u64::MAX / 2).expect("store"));
+        let store = std::sync::Arc::new(
+            ShardStore::open(dir.path(), "bench", u64::MAX / 2).expect("store"),
+        );
         let value = random_bytes(MIB, 5);
         let hash = *blake3::hash(&value).as_bytes();
         let per_thread = total / MIB / 6;
@@ -115,6 +119,7 @@ async fn fleet_bench(fleet: &Fleet, size: usize, reps: usize) -> (f64, f64) {
         let key = format!("bench/{r}");
         let mut msgs = vec![header("bench", &key)];
         msgs.extend((0..size / MIB).map(|_| chunk(block.clone())));
+        msgs.push(finish());
         let t = Instant::now();
         c.put_object(tokio_stream::iter(msgs)).await.expect("put");
         puts.push(mbps(size, t.elapsed()));
@@ -141,13 +146,26 @@ async fn fleet_bench(fleet: &Fleet, size: usize, reps: usize) -> (f64, f64) {
 /// Latency of one 256 KiB PutShard to a peer over gRPC, synced on its disk.
 async fn shard_put_latency(fleet: &Fleet, n: usize) -> (f64, f64) {
     let ep = fleet.endpoints()[1].clone();
-    let channel = potluck_agent::peers::endpoint(ep).expect("ep").connect().await.expect("connect");
+    let channel = potluck_agent::peers::endpoint(ep)
+        .expect("ep")
+        .connect()
+        .await
+        .expect("connect");
     let mut c = pb::shard_service_client::ShardServiceClient::new(channel)
         .max_encoding_message_size(potluck_agent::peers::MAX_MESSAGE_BYTES);
     let mut ctl = pb::agent_control_client::AgentControlClient::new(
-        potluck_agent::peers::endpoint(fleet.endpoints()[1].clone()).expect("ep").connect().await.expect("connect"),
+        potluck_agent::peers::endpoint(fleet.endpoints()[1].clone())
+            .expect("ep")
+            .connect()
+            .await
+            .expect("connect"),
     );
-    let epoch = ctl.get_status(pb::GetStatusRequest {}).await.expect("status").into_inner().epoch;
+    let epoch = ctl
+        .get_status(pb::GetStatusRequest {})
+        .await
+        .expect("status")
+        .into_inner()
+        .epoch;
     let data = Bytes::from(random_bytes(256 * 1024, 3));
     let hash = Bytes::copy_from_slice(blake3::hash(&data).as_bytes());
     let mut lat = Vec::new();
@@ -169,7 +187,9 @@ async fn shard_put_latency(fleet: &Fleet, n: usize) -> (f64, f64) {
             data.clone(),
         );
         let t = Instant::now();
-        c.put_shard(tokio_stream::iter(msgs)).await.expect("put shard");
+        c.put_shard(tokio_stream::iter(msgs))
+            .await
+            .expect("put shard");
         lat.push(t.elapsed().as_secs_f64() * 1e3);
     }
     lat.sort_by(|a, b| a.total_cmp(b));

@@ -170,7 +170,9 @@ async fn fetch(ctx: &ReadContext, s: u64, pg: u32, i: usize) -> Result<Bytes, St
         Ok(Some(data)) => {
             // The local store already checked its own hash; a peer's bytes
             // crossed the network and are checked here.
-            if !local && blake3::hash(&data).as_bytes() != expected_hash(&ctx.manifest, s as usize, i) {
+            if !local
+                && blake3::hash(&data).as_bytes() != expected_hash(&ctx.manifest, s as usize, i)
+            {
                 ctx.node.metrics.corrupt_shards.inc();
                 return Err(format!("shard {i} from {member}: BLAKE3 mismatch"));
             }
@@ -187,7 +189,11 @@ async fn fetch(ctx: &ReadContext, s: u64, pg: u32, i: usize) -> Result<Bytes, St
 }
 
 /// The bytes of `range` that stripe `s` holds, as slices of its data shards.
-async fn read_stripe(ctx: Arc<ReadContext>, s: u64, range: Range<u64>) -> Result<Vec<Bytes>, Status> {
+async fn read_stripe(
+    ctx: Arc<ReadContext>,
+    s: u64,
+    range: Range<u64>,
+) -> Result<Vec<Bytes>, Status> {
     let m = &ctx.manifest;
     let (k, width) = (m.k as usize, (m.k + m.m) as usize);
     let shard_len = ctx.layout.shard_len(s);
@@ -201,7 +207,11 @@ async fn read_stripe(ctx: Arc<ReadContext>, s: u64, range: Range<u64>) -> Result
 
     let mut got: Vec<Option<Bytes>> = vec![None; width];
     let mut errors = Vec::new();
-    let first: Vec<usize> = needed.iter().copied().filter(|i| missing & (1 << i) == 0).collect();
+    let first: Vec<usize> = needed
+        .iter()
+        .copied()
+        .filter(|i| missing & (1 << i) == 0)
+        .collect();
     let results = futures::future::join_all(first.iter().map(|&i| fetch(&ctx, s, pg, i))).await;
     for (&i, r) in first.iter().zip(results) {
         match r {
@@ -231,26 +241,36 @@ async fn read_stripe(ctx: Arc<ReadContext>, s: u64, range: Range<u64>) -> Result
             )));
         }
         let codec = ctx.node.codecs.get(m.k, m.m).map_err(status_from_codec)?;
-        let mut shards: Vec<Option<Vec<u8>>> = got.iter().map(|g| g.as_ref().map(|b| b.to_vec())).collect();
-        let shards = tokio::task::spawn_blocking(move || codec.reconstruct_data(&mut shards).map(|_| shards))
-            .await
-            .map_err(|e| Status::internal(format!("rebuild task failed: {e}")))?
-            .map_err(status_from_codec)?;
+        let mut shards: Vec<Option<Vec<u8>>> =
+            got.iter().map(|g| g.as_ref().map(|b| b.to_vec())).collect();
+        let shards = tokio::task::spawn_blocking(move || {
+            codec.reconstruct_data(&mut shards).map(|_| shards)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("rebuild task failed: {e}")))?
+        .map_err(status_from_codec)?;
         for i in 0..k {
             if got[i].is_none() {
                 got[i] = shards[i].clone().map(Bytes::from);
             }
         }
         ctx.node.metrics.reconstructed_stripes.inc();
-        tracing::info!(stripe = s, pg, "stripe rebuilt from parity: {}", errors.join("; "));
+        tracing::info!(
+            stripe = s,
+            pg,
+            "stripe rebuilt from parity: {}",
+            errors.join("; ")
+        );
     }
 
     let mut pieces = Vec::with_capacity(needed.len());
     for i in needed {
-        let Some(r) = shard_slice(i as u32, shard_len, &rel) else { continue };
-        let data = got[i]
-            .as_ref()
-            .ok_or_else(|| Status::internal(format!("shard {i} of stripe {s} missing after rebuild")))?;
+        let Some(r) = shard_slice(i as u32, shard_len, &rel) else {
+            continue;
+        };
+        let data = got[i].as_ref().ok_or_else(|| {
+            Status::internal(format!("shard {i} of stripe {s} missing after rebuild"))
+        })?;
         if (data.len() as u64) < r.end {
             return Err(Status::data_loss(format!(
                 "shard {i} of stripe {s} is {} bytes, expected {shard_len}",

@@ -29,7 +29,9 @@ fn decode_token(token: &str) -> Result<String, Status> {
         .ok()
         .and_then(|b| String::from_utf8(b).ok())
         .ok_or_else(|| {
-            Status::invalid_argument("page token is malformed; pass next_page_token exactly as returned")
+            Status::invalid_argument(
+                "page token is malformed; pass next_page_token exactly as returned",
+            )
         })
 }
 
@@ -130,6 +132,9 @@ mod tests {
     fn tokens_round_trip_and_garbage_is_refused() {
         assert_eq!(decode_token(&hex::encode("a/b")).unwrap(), "a/b");
         assert_eq!(decode_token("").unwrap(), "");
-        assert_eq!(decode_token("zz").unwrap_err().code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            decode_token("zz").unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
     }
 }

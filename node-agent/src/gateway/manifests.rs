@@ -27,7 +27,12 @@ fn newer(a: &pb::Manifest, b: &pb::Manifest) -> bool {
 }
 
 /// Writes `m` to a majority of its PG; fails naming who did not answer.
-pub async fn write(node: &Arc<Node>, view: &MapView, pool: &pb::PoolMap, m: pb::Manifest) -> Result<(), Status> {
+pub async fn write(
+    node: &Arc<Node>,
+    view: &MapView,
+    pool: &pb::PoolMap,
+    m: pb::Manifest,
+) -> Result<(), Status> {
     let pg = manifest_pg(&m.bucket, &m.key, pool.pg_count);
     let set = &pool.pgs[pg as usize].members;
     let calls = set

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use potluck_proto::v1 as pb;
 use pb::object_service_server::ObjectService;
+use potluck_proto::v1 as pb;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::cluster::MapView;
@@ -30,7 +30,9 @@ impl Gateway {
 
     fn observe<T>(&self, method: &str, started: Instant, r: &Result<T, Status>) {
         let code = r.as_ref().map_or_else(|s| s.code(), |_| tonic::Code::Ok);
-        self.node.metrics.observe("ObjectService", method, started, code);
+        self.node
+            .metrics
+            .observe("ObjectService", method, started, code);
     }
 }
 

@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use futures::stream::{FuturesOrdered, StreamExt};
-use potluck_proto::v1 as pb;
 use pb::put_object_request::Body;
+use potluck_proto::v1 as pb;
 use tokio::task::JoinHandle;
 use tonic::Status;
 
@@ -74,7 +74,8 @@ pub async fn put_object(
     );
     let stripe_data = k * chunk;
     let window = node.tuning.stripes_in_flight.max(1);
-    let mut inflight: FuturesOrdered<JoinHandle<Result<StripeDone, Status>>> = FuturesOrdered::new();
+    let mut inflight: FuturesOrdered<JoinHandle<Result<StripeDone, Status>>> =
+        FuturesOrdered::new();
     let mut done: Vec<StripeDone> = Vec::new();
     let mut hasher = blake3::Hasher::new();
     let mut total: u64 = 0;
@@ -82,16 +83,25 @@ pub async fn put_object(
     let mut buf: Option<BytesMut> = None;
     let mut filled = 0usize;
 
+    let mut finish: Option<pb::PutObjectFinish> = None;
     while let Some(msg) = stream.message().await? {
-        let data = match msg.body {
-            Some(Body::Chunk(d)) => d,
-            Some(Body::Header(_)) => {
-                return Err(Status::invalid_argument(
+        if finish.is_some() {
+            return Err(Status::invalid_argument(
+                "a message arrived after the finish message: finish must be last",
+            ));
+        }
+        let data =
+            match msg.body {
+                Some(Body::Chunk(d)) => d,
+                Some(Body::Finish(f)) => {
+                    finish = Some(f);
+                    continue;
+                }
+                Some(Body::Header(_)) => return Err(Status::invalid_argument(
                     "a second header arrived mid-stream: send one header, then only data chunks",
-                ))
-            }
-            None => continue,
-        };
+                )),
+                None => continue,
+            };
         if data.len() > validate::MAX_PUT_CHUNK {
             return Err(Status::invalid_argument(format!(
                 "data chunk of {} bytes exceeds the {} byte limit: send smaller chunks",
@@ -133,6 +143,13 @@ pub async fn put_object(
             }
         }
     }
+    // tonic reports a client's cancel as a clean end of stream, so only an
+    // explicit finish tells a complete upload from an abandoned one.
+    let Some(finish) = finish else {
+        return Err(Status::cancelled(
+            "upload ended without a finish message (client cancelled?); nothing was stored: send header, chunks, then finish",
+        ));
+    };
     if filled > 0 {
         if let Some(b) = buf.take() {
             inflight.push_back(spawn_stripe(ctx.clone(), stripe_no, b, filled));
@@ -141,12 +158,20 @@ pub async fn put_object(
     while let Some(r) = inflight.next().await {
         done.push(joined(r)?);
     }
-    if let Some(declared) = header.size {
+    for declared in [header.size, finish.size].into_iter().flatten() {
         if total != declared {
             return Err(Status::invalid_argument(format!(
-                "received {total} bytes but the header declared {declared}: fix the size in the header"
+                "received {total} bytes but the upload declared {declared}: fix the declared size"
             )));
         }
+    }
+    let content_hash = hasher.finalize();
+    if !finish.blake3.is_empty() && finish.blake3.as_ref() != content_hash.as_bytes() {
+        return Err(Status::data_loss(format!(
+            "content BLAKE3 is {} but the client sent {}; the bytes were damaged on the way, retry the upload",
+            content_hash.to_hex(),
+            hex::encode(&finish.blake3)
+        )));
     }
 
     let degraded = done.iter().filter(|d| d.missing != 0).count() as u64;
@@ -159,7 +184,7 @@ pub async fn put_object(
         tombstone: false,
         size: total,
         created_unix_ms: now_unix_ms(),
-        blake3: Bytes::copy_from_slice(hasher.finalize().as_bytes()),
+        blake3: Bytes::copy_from_slice(content_hash.as_bytes()),
         k: ctx.pool.k,
         m: ctx.pool.m,
         chunk_size: ctx.pool.chunk_size,
@@ -183,7 +208,9 @@ fn take_buffer(node: &Node, len: usize) -> BytesMut {
     b
 }
 
-fn joined(r: Result<Result<StripeDone, Status>, tokio::task::JoinError>) -> Result<StripeDone, Status> {
+fn joined(
+    r: Result<Result<StripeDone, Status>, tokio::task::JoinError>,
+) -> Result<StripeDone, Status> {
     r.map_err(|e| Status::internal(format!("stripe task failed: {e}")))?
 }
 
@@ -226,7 +253,9 @@ fn spawn_stripe(
             codec.encode_strided(&mut buf, chunk, shard_len)?;
             let mut hashes = Vec::with_capacity(width * 32);
             for i in 0..width {
-                hashes.extend_from_slice(blake3::hash(&buf[i * chunk..i * chunk + shard_len]).as_bytes());
+                hashes.extend_from_slice(
+                    blake3::hash(&buf[i * chunk..i * chunk + shard_len]).as_bytes(),
+                );
             }
             Ok::<_, crate::codec::CodecError>((buf, hashes))
         })
@@ -237,8 +266,11 @@ fn spawn_stripe(
         let frozen = buf.freeze();
         let pg = stripe_pg(&ctx.object_id, stripe, ctx.pool.pg_count);
         let set = &ctx.pool.pgs[pg as usize].members;
-        let stripe_idx = u32::try_from(stripe)
-            .map_err(|_| Status::invalid_argument("object has too many stripes: use a pool with a larger chunk size"))?;
+        let stripe_idx = u32::try_from(stripe).map_err(|_| {
+            Status::invalid_argument(
+                "object has too many stripes: use a pool with a larger chunk size",
+            )
+        })?;
         let sends = set.iter().enumerate().map(|(i, member)| {
             let key = ShardKey {
                 pool: ctx.pool.name.clone(),
@@ -281,7 +313,12 @@ fn spawn_stripe(
         }
         if missing != 0 {
             ctx.node.metrics.degraded_stripes.inc();
-            tracing::warn!(stripe, pg, missing = format!("{missing:#b}"), "stripe written degraded");
+            tracing::warn!(
+                stripe,
+                pg,
+                missing = format!("{missing:#b}"),
+                "stripe written degraded"
+            );
         }
         Ok(StripeDone {
             hashes: Bytes::from(hashes),
