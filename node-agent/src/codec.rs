@@ -22,9 +22,6 @@ pub enum CodecError {
     Internal(String),
 }
 
-/// Bytes of each shard encoded per pass; (k+m) segments fit in L2.
-const ENCODE_SEGMENT: usize = 32 << 10;
-
 pub struct StripeCodec {
     k: usize,
     m: usize,
@@ -55,10 +52,6 @@ impl StripeCodec {
 
     /// Computes parity in place. `buf` holds k+m shards at a stride of
     /// `stride` bytes; each shard's first `shard_len` bytes are used.
-    ///
-    /// The shards are encoded a segment at a time, so the k+m slices being
-    /// worked on stay in the CPU cache instead of streaming whole 1 MiB
-    /// shards through it once per parity row.
     pub fn encode_strided(
         &self,
         buf: &mut [u8],
@@ -66,21 +59,15 @@ impl StripeCodec {
         shard_len: usize,
     ) -> Result<(), CodecError> {
         let (data, parity) = buf.split_at_mut(self.k * stride);
-        let mut off = 0;
-        while off < shard_len {
-            let end = (off + ENCODE_SEGMENT).min(shard_len);
-            let d: Vec<&[u8]> = data.chunks(stride).map(|c| &c[off..end]).collect();
-            let mut p: Vec<&mut [u8]> = parity
-                .chunks_mut(stride)
-                .take(self.m)
-                .map(|c| &mut c[off..end])
-                .collect();
-            self.rs
-                .encode_sep(&d, &mut p)
-                .map_err(|e| CodecError::Internal(format!("{e:?}")))?;
-            off = end;
-        }
-        Ok(())
+        let data: Vec<&[u8]> = data.chunks(stride).map(|c| &c[..shard_len]).collect();
+        let mut parity: Vec<&mut [u8]> = parity
+            .chunks_mut(stride)
+            .take(self.m)
+            .map(|c| &mut c[..shard_len])
+            .collect();
+        self.rs
+            .encode_sep(&data, &mut parity)
+            .map_err(|e| CodecError::Internal(format!("{e:?}")))
     }
 
     /// Rebuilds the missing data shards (`None`) from any k present shards.

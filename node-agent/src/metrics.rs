@@ -74,10 +74,10 @@ impl Metrics {
         let rpc_duration = HistogramVec::new(
             HistogramOpts::new(
                 "potluck_rpc_duration_seconds",
-                "Time to serve a gRPC call, by service and method",
+                "Time to serve a gRPC call, by service, method and status code",
             )
             .buckets(latency_buckets()),
-            &["service", "method"],
+            &["service", "method", "code"],
         )?;
         r.register(Box::new(rpc_duration.clone()))?;
         Ok(Self {
@@ -168,11 +168,12 @@ impl Metrics {
 
     /// Counts one finished call with its outcome.
     pub fn observe(&self, service: &str, method: &str, started: Instant, code: tonic::Code) {
+        let code = code_name(code);
         self.rpc_requests
-            .with_label_values(&[service, method, code_name(code)])
+            .with_label_values(&[service, method, code])
             .inc();
         self.rpc_duration
-            .with_label_values(&[service, method])
+            .with_label_values(&[service, method, code])
             .observe(started.elapsed().as_secs_f64());
     }
 
