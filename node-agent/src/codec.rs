@@ -70,8 +70,7 @@ impl StripeCodec {
             .map_err(|e| CodecError::Internal(format!("{e:?}")))
     }
 
-    /// Rebuilds the missing data shards (`None`) from any k present shards.
-    pub fn reconstruct_data(&self, shards: &mut [Option<Vec<u8>>]) -> Result<(), CodecError> {
+    fn enough(&self, shards: &[Option<Vec<u8>>]) -> Result<(), CodecError> {
         let available = shards.iter().filter(|s| s.is_some()).count();
         if available < self.k {
             return Err(CodecError::TooFewShards {
@@ -80,6 +79,12 @@ impl StripeCodec {
                 total: shards.len(),
             });
         }
+        Ok(())
+    }
+
+    /// Rebuilds the missing data shards (`None`) from any k present shards.
+    pub fn reconstruct_data(&self, shards: &mut [Option<Vec<u8>>]) -> Result<(), CodecError> {
+        self.enough(shards)?;
         self.rs
             .reconstruct_data(shards)
             .map_err(|e| CodecError::Internal(format!("{e:?}")))
@@ -88,14 +93,7 @@ impl StripeCodec {
     /// Rebuilds every missing shard, parity included (used by benchmarks and
     /// by recovery).
     pub fn reconstruct_all(&self, shards: &mut [Option<Vec<u8>>]) -> Result<(), CodecError> {
-        let available = shards.iter().filter(|s| s.is_some()).count();
-        if available < self.k {
-            return Err(CodecError::TooFewShards {
-                available,
-                needed: self.k,
-                total: shards.len(),
-            });
-        }
+        self.enough(shards)?;
         self.rs
             .reconstruct(shards)
             .map_err(|e| CodecError::Internal(format!("{e:?}")))

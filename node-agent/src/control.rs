@@ -60,10 +60,9 @@ impl AgentControl for Control {
             }
         }
         .await;
-        let code = r.as_ref().map_or_else(|s| s.code(), |_| tonic::Code::Ok);
         self.node
             .metrics
-            .observe("AgentControl", "ApplyClusterMap", t, code);
+            .observe_result("AgentControl", "ApplyClusterMap", t, &r);
         r.map(Response::new)
     }
 

@@ -177,6 +177,18 @@ impl Metrics {
             .observe(started.elapsed().as_secs_f64());
     }
 
+    /// Counts one finished call from its result.
+    pub fn observe_result<T>(
+        &self,
+        service: &str,
+        method: &str,
+        started: Instant,
+        r: &Result<T, tonic::Status>,
+    ) {
+        let code = r.as_ref().map_or_else(|s| s.code(), |_| tonic::Code::Ok);
+        self.observe(service, method, started, code);
+    }
+
     fn refresh_store(&self, store: &ShardStore) {
         let s = store.stats();
         self.store_shards.set(s.shards as i64);

@@ -31,10 +31,9 @@ impl ShardServer {
     }
 
     fn observe<T>(&self, method: &str, started: Instant, r: &Result<T, Status>) {
-        let code = r.as_ref().map_or_else(|s| s.code(), |_| tonic::Code::Ok);
         self.node
             .metrics
-            .observe("ShardService", method, started, code);
+            .observe_result("ShardService", method, started, r);
     }
 
     fn check_write_epoch(&self, epoch: u64) -> Result<(), Status> {

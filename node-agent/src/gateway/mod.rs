@@ -29,10 +29,24 @@ impl Gateway {
     }
 
     fn observe<T>(&self, method: &str, started: Instant, r: &Result<T, Status>) {
-        let code = r.as_ref().map_or_else(|s| s.code(), |_| tonic::Code::Ok);
         self.node
             .metrics
-            .observe("ObjectService", method, started, code);
+            .observe_result("ObjectService", method, started, r);
+    }
+
+    /// Validates an object address and finds its newest live manifest.
+    async fn live(
+        &self,
+        bucket: &str,
+        key: &str,
+        pool: &str,
+    ) -> Result<(Arc<MapView>, pb::PoolMap, pb::Manifest), Status> {
+        validate::bucket(bucket)?;
+        validate::key(key)?;
+        let view = self.node.cluster.view();
+        let pool = resolve_pool(&view, pool)?.clone();
+        let m = get::live_manifest(&self.node, &view, &pool, bucket, key).await?;
+        Ok((view, pool, m))
     }
 }
 
@@ -115,15 +129,10 @@ impl ObjectService for Gateway {
     ) -> Result<Response<pb::ObjectInfo>, Status> {
         let t = Instant::now();
         let req = req.into_inner();
-        let r = async {
-            validate::bucket(&req.bucket)?;
-            validate::key(&req.key)?;
-            let view = self.node.cluster.view();
-            let pool = resolve_pool(&view, &req.pool)?;
-            let m = get::live_manifest(&self.node, &view, pool, &req.bucket, &req.key).await?;
-            Ok(info_of(&m))
-        }
-        .await;
+        let r = self
+            .live(&req.bucket, &req.key, &req.pool)
+            .await
+            .map(|(_, _, m)| info_of(&m));
         self.observe("StatObject", t, &r);
         r.map(Response::new)
     }
@@ -135,11 +144,7 @@ impl ObjectService for Gateway {
         let t = Instant::now();
         let req = req.into_inner();
         let r = async {
-            validate::bucket(&req.bucket)?;
-            validate::key(&req.key)?;
-            let view = self.node.cluster.view();
-            let pool = resolve_pool(&view, &req.pool)?;
-            let live = get::live_manifest(&self.node, &view, pool, &req.bucket, &req.key).await?;
+            let (view, pool, live) = self.live(&req.bucket, &req.key, &req.pool).await?;
             let version = now_unix_ns().max(live.version + 1);
             let tombstone = pb::Manifest {
                 bucket: req.bucket.clone(),
@@ -152,7 +157,7 @@ impl ObjectService for Gateway {
                 epoch: view.epoch(),
                 ..Default::default()
             };
-            manifests::write(&self.node, &view, pool, tombstone).await?;
+            manifests::write(&self.node, &view, &pool, tombstone).await?;
             Ok(pb::DeleteObjectResponse { version })
         }
         .await;
