@@ -112,4 +112,8 @@ if ! "$py" -c 'import grpc, grpc_tools.protoc, pytest' >/dev/null 2>&1; then
 fi
 log "python: $("$py" -c 'import grpc, pytest, sys; print(sys.version.split()[0], "grpcio", grpc.__version__, "pytest", pytest.__version__)')"
 
+# --- kubernetes control plane (etcd + kube-apiserver, cached) -----------------
+
+bash "$(dirname "$0")/control-plane.sh" build
+
 log "setup complete"
