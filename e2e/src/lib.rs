@@ -224,3 +224,91 @@ pub fn peak_rss_bytes(pid: u32) -> Option<u64> {
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
 }
+
+/// Like [`start_fleet`], but hands back the fleet's start error instead of
+/// panicking, for tests of agents that fail to start.
+pub async fn try_start_fleet(
+    extra_agent_args: &[&str],
+) -> Result<TestFleet, potluck_cli::fleet::FleetError> {
+    let dir = tempfile::Builder::new()
+        .prefix("potluck-e2e-")
+        .tempdir()
+        .expect("temp dir");
+    let mut cfg = FleetConfig::new(dir.path());
+    cfg.extra_agent_args = extra_agent_args.iter().map(|s| s.to_string()).collect();
+    let fleet = Fleet::start(cfg).await?;
+    Ok(TestFleet { fleet, _dir: dir })
+}
+
+/// The `potluck` command built by `cargo build --workspace --bins`: next to
+/// the current executable or in its parent directory (test executables live
+/// in `target/<profile>/deps/`), or `$POTLUCK_BIN`.
+pub fn find_potluck_bin() -> std::path::PathBuf {
+    let name = format!("potluck{}", std::env::consts::EXE_SUFFIX);
+    if let Some(path) = std::env::var_os("POTLUCK_BIN") {
+        let path = std::path::PathBuf::from(path);
+        assert!(
+            path.is_file(),
+            "POTLUCK_BIN={} is not a file",
+            path.display()
+        );
+        return path;
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let mut searched = Vec::new();
+    let mut dir = exe.parent();
+    for _ in 0..2 {
+        let Some(d) = dir else { break };
+        let candidate = d.join(&name);
+        if candidate.is_file() {
+            return candidate;
+        }
+        searched.push(candidate.display().to_string());
+        dir = d.parent();
+    }
+    panic!(
+        "the potluck binary was not found (looked for {}); build it with `cargo build --release --workspace --bins`, or set POTLUCK_BIN",
+        searched.join(", ")
+    );
+}
+
+/// Whether a process exists and is not a zombie.
+pub fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// A metric summed over every agent of the fleet that runs (see [`metric`]).
+pub async fn fleet_metric(fleet: &Fleet, name: &str, filter: &str) -> f64 {
+    let mut total = 0.0;
+    for i in 0..fleet.len() {
+        if fleet.pid(i).is_some() {
+            total += metric(&fleet.metrics_addr(i).to_string(), name, filter).await;
+        }
+    }
+    total
+}
+
+/// Like [`metric`], summing only label sets that contain every one of `filters`.
+pub async fn metric_matching(metrics_addr: &str, name: &str, filters: &[&str]) -> f64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(metrics_addr)
+        .await
+        .unwrap_or_else(|e| panic!("metrics at {metrics_addr}: {e}"));
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await
+        .expect("send metrics request");
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.expect("read metrics");
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| filters.iter().all(|f| l.contains(f)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}

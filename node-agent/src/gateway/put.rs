@@ -40,7 +40,7 @@ pub async fn put_object(
     node: Arc<Node>,
     mut stream: tonic::Streaming<pb::PutObjectRequest>,
 ) -> Result<pb::PutObjectResponse, Status> {
-    let header = match stream.message().await? {
+    let header = match stream.message().await.map_err(client_gone)? {
         Some(pb::PutObjectRequest {
             body: Some(Body::Header(h)),
         }) => h,
@@ -84,7 +84,7 @@ pub async fn put_object(
     let mut filled = 0usize;
 
     let mut finish: Option<pb::PutObjectFinish> = None;
-    while let Some(msg) = stream.message().await? {
+    while let Some(msg) = stream.message().await.map_err(client_gone)? {
         if finish.is_some() {
             return Err(Status::invalid_argument(
                 "a message arrived after the finish message: finish must be last",
@@ -198,6 +198,15 @@ pub async fn put_object(
         info: Some(info),
         degraded_stripes: degraded,
     })
+}
+
+/// A broken request stream is the client going away (a reset shows up as an
+/// internal error); count it as cancelled, not as a server fault.
+fn client_gone(s: Status) -> Status {
+    Status::cancelled(format!(
+        "upload stream broke ({}); nothing was stored",
+        s.message()
+    ))
 }
 
 fn take_buffer(node: &Node, len: usize) -> BytesMut {
