@@ -2,6 +2,8 @@
 //! raw gRPC clients (so tests see exact status codes), payload generation and
 //! a `/metrics` scraper.
 
+pub mod control_plane;
+
 use std::time::Duration;
 
 use bytes::Bytes;
