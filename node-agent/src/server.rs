@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use potluck_proto::v1 as pb;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 use crate::cluster::Cluster;
 use crate::control::Control;
@@ -162,7 +162,14 @@ impl Agent {
             .add_service(objects)
             .add_service(shards)
             .add_service(control)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.grpc), shutdown)
+            // Our own listener (bound early to print the real port), so
+            // nodelay must be set here: the builder's tcp_nodelay only reaches
+            // listeners tonic binds itself, and Nagle plus delayed ACKs costs
+            // 40 ms on small replies.
+            .serve_with_incoming_shutdown(
+                TcpIncoming::from(self.grpc).with_nodelay(Some(true)),
+                shutdown,
+            )
             .await;
         gc_task.abort();
         metrics_task.abort();
