@@ -74,8 +74,7 @@ pub async fn put_object(
     );
     let stripe_data = k * chunk;
     let window = node.tuning.stripes_in_flight.max(1);
-    let mut inflight: FuturesOrdered<JoinHandle<Result<StripeDone, Status>>> =
-        FuturesOrdered::new();
+    let mut inflight: FuturesOrdered<StripeTask> = FuturesOrdered::new();
     let mut done: Vec<StripeDone> = Vec::new();
     let mut hasher = blake3::Hasher::new();
     let mut total: u64 = 0;
@@ -136,7 +135,7 @@ pub async fn put_object(
                     }
                 }
                 if let Some(b) = buf.take() {
-                    inflight.push_back(spawn_stripe(ctx.clone(), stripe_no, b, filled));
+                    inflight.push_back(StripeTask(spawn_stripe(ctx.clone(), stripe_no, b, filled)));
                 }
                 stripe_no += 1;
                 filled = 0;
@@ -152,7 +151,7 @@ pub async fn put_object(
     };
     if filled > 0 {
         if let Some(b) = buf.take() {
-            inflight.push_back(spawn_stripe(ctx.clone(), stripe_no, b, filled));
+            inflight.push_back(StripeTask(spawn_stripe(ctx.clone(), stripe_no, b, filled)));
         }
     }
     while let Some(r) = inflight.next().await {
@@ -215,6 +214,28 @@ fn take_buffer(node: &Node, len: usize) -> BytesMut {
         node.metrics.stripe_buffers_allocated.inc();
     }
     b
+}
+
+/// A stripe's encode-and-send task, aborted when the put gives up on it (an
+/// error elsewhere, or the client going away), so a failed put stops sending
+/// shards instead of finishing every stripe already started.
+struct StripeTask(JoinHandle<Result<StripeDone, Status>>);
+
+impl std::future::Future for StripeTask {
+    type Output = Result<Result<StripeDone, Status>, tokio::task::JoinError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+impl Drop for StripeTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 fn joined(
