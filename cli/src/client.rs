@@ -142,6 +142,16 @@ impl ClientError {
             _ => return None,
         })
     }
+
+    /// The connection to the gateway broke under the call: nothing says the
+    /// gateway even saw it, so another gateway may be asked.
+    pub fn is_transport_failure(&self) -> bool {
+        match self {
+            Self::Unavailable(_) | Self::Unreachable { .. } => true,
+            Self::Server { message, .. } => message.contains("transport error"),
+            _ => false,
+        }
+    }
 }
 
 impl From<Status> for ClientError {
@@ -679,7 +689,17 @@ impl Client {
     ) -> Result<PutObjectResponse, ClientError> {
         let data: Bytes = data.into();
         let size = data.len() as u64;
-        self.put(bucket, key, &data[..], Some(size), |_| {}).await
+        // The bytes are in memory, so unlike a stream they can be sent again:
+        // a gateway whose connection died under the call (it reports a
+        // transport error rather than UNAVAILABLE) costs one retry elsewhere.
+        let mut last = None;
+        for _ in 0..self.endpoints().len().max(1) {
+            match self.put(bucket, key, &data[..], Some(size), |_| {}).await {
+                Err(e) if e.is_transport_failure() => last = Some(e),
+                done => return done,
+            }
+        }
+        Err(last.unwrap_or_else(|| ClientError::Unavailable("no gateway to ask".to_string())))
     }
 
     /// Streams `bucket/key` (or a range of it) into `writer` and returns the

@@ -329,3 +329,59 @@ async fn a_member_killed_mid_put_degrades_the_stripes_but_not_the_put() {
     let mut c = object_client(&eps[3]).await;
     assert!(get(&mut c, B, "degraded/put").await.expect("get") == data);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_that_loses_its_quorum_half_way_leaves_no_object() {
+    let mut fleet = start_fleet(&[]).await;
+    let eps = fleet.endpoints();
+    let mut c = object_client(&eps[0]).await;
+    let data = random_bytes(32 * MIB, 5);
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    let call = tokio::spawn(async move {
+        c.put_object(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+    });
+    tx.send(header(B, "torn/never")).await.expect("header");
+    let mut pieces = data.chunks(MIB);
+    for p in pieces.by_ref().take(12) {
+        tx.send(chunk(bytes::Bytes::copy_from_slice(p)))
+            .await
+            .expect("chunk");
+    }
+    // The first three stripes (6 MiB of shards each) are out...
+    let metrics0 = fleet.metrics_addr(0).to_string();
+    wait_until(Duration::from_secs(30), || {
+        let m = metrics0.clone();
+        async move {
+            metric(&m, "potluck_peer_shard_bytes_total", "direction=\"out\"").await
+                >= (18 * MIB) as f64
+        }
+    })
+    .await;
+    // ...then two members die, so later stripes cannot reach k+1 = 5.
+    fleet.kill(4).await.expect("kill 4");
+    fleet.kill(5).await.expect("kill 5");
+    for p in pieces {
+        let _ = tx.send(chunk(bytes::Bytes::copy_from_slice(p))).await;
+    }
+    let _ = tx.send(finish()).await;
+    drop(tx);
+    let err = call
+        .await
+        .expect("join")
+        .expect_err("a stripe missed its write quorum");
+    assert_eq!(err.code(), Code::Unavailable, "{err}");
+    let mut c1 = object_client(&eps[1]).await;
+    let stat = c1
+        .stat_object(pb::StatObjectRequest {
+            bucket: B.into(),
+            key: "torn/never".into(),
+            pool: String::new(),
+        })
+        .await;
+    assert_eq!(
+        stat.expect_err("shards were written, but no manifest")
+            .code(),
+        Code::NotFound
+    );
+}

@@ -73,7 +73,8 @@ fn validate_pool(
     members: &HashMap<String, pb::MemberInfo>,
 ) -> Result<(), MapError> {
     let bad = |why: String| Err(MapError::Invalid(format!("pool {:?}: {why}", p.name)));
-    if p.k == 0 || p.m == 0 || p.k + p.m > crate::keys::MAX_WIDTH {
+    let width = p.k.saturating_add(p.m);
+    if p.k == 0 || p.m == 0 || width > crate::keys::MAX_WIDTH {
         return bad(format!("k={} m={} is not a usable code", p.k, p.m));
     }
     if p.chunk_size == 0 || p.chunk_size > 64 << 20 {
@@ -101,6 +102,10 @@ fn validate_pool(
         }
         if let Some(unknown) = set.members.iter().find(|m| !members.contains_key(*m)) {
             return bad(format!("PG {i} names unknown member {unknown}"));
+        }
+        let distinct: std::collections::HashSet<&String> = set.members.iter().collect();
+        if distinct.len() != set.members.len() {
+            return bad(format!("PG {i} names a member twice"));
         }
     }
     Ok(())
@@ -231,6 +236,9 @@ mod tests {
         let c = Cluster::new(None).unwrap();
         let mut m = map(1);
         m.pools[0].pgs[1].members[0] = "ghost".into();
+        assert!(matches!(c.apply(m, |_| Ok(())), Err(MapError::Invalid(_))));
+        let mut m = map(1);
+        m.pools[0].pgs[0].members[1] = "m0".into();
         assert!(matches!(c.apply(m, |_| Ok(())), Err(MapError::Invalid(_))));
         let mut m = map(1);
         m.pools[0].pgs.pop();

@@ -3,6 +3,12 @@
 //! Every manifest holder that replaces a version queues it (in the same
 //! RocksDB write), so a collection survives restarts. Deletes are idempotent,
 //! so several holders collecting the same version only repeat cheap calls.
+//!
+//! A holder may have applied a newer manifest whose write then failed to
+//! reach its quorum (the client was told the overwrite failed). So before
+//! deleting anything, the collector asks the key's PG and goes ahead only
+//! when a write quorum of members holds something newer; otherwise the old
+//! version may still be what readers see, and the entry waits.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,10 +54,29 @@ async fn collect(node: &Arc<Node>, entry: &GcEntry) -> bool {
     else {
         return false;
     };
+    if let Err(why) = crate::layout::check_manifest(m, None) {
+        tracing::warn!(
+            "gc: dropping malformed entry for {}/{}: {why}",
+            m.bucket,
+            m.key
+        );
+        return true;
+    }
     let Ok(object_id) = <[u8; 16]>::try_from(m.object_id.as_ref()) else {
-        tracing::warn!("gc: dropping entry with malformed object id");
         return true;
     };
+    match superseded(node, &view, pool, m).await {
+        Ok(true) => {}
+        Ok(false) => return false,
+        Err(e) => {
+            tracing::debug!(
+                "gc: cannot confirm {}/{} was superseded: {e}",
+                m.bucket,
+                m.key
+            );
+            return false;
+        }
+    }
     let layout = StripeLayout::new(m.size, m.k, m.chunk_size);
     let width = (m.k + m.m) as usize;
     let mut all_ok = true;
@@ -87,4 +112,30 @@ async fn collect(node: &Arc<Node>, entry: &GcEntry) -> bool {
         }
     }
     all_ok
+}
+
+/// Whether a write quorum of the key's PG holds a version newer than `old`.
+async fn superseded(
+    node: &Arc<Node>,
+    view: &crate::cluster::MapView,
+    pool: &potluck_proto::v1::PoolMap,
+    old: &potluck_proto::v1::Manifest,
+) -> Result<bool, String> {
+    let pg = crate::layout::manifest_pg(&old.bucket, &old.key, pool.pg_count);
+    let set = &pool
+        .pgs
+        .get(pg as usize)
+        .ok_or_else(|| format!("PG {pg} missing from the map"))?
+        .members;
+    let reads = set
+        .iter()
+        .map(|member| node.get_manifest(view, member, &pool.name, &old.bucket, &old.key));
+    let newer = futures::future::join_all(reads)
+        .await
+        .into_iter()
+        .filter(|r| {
+            matches!(r, Ok(Some(n)) if (n.version, &n.object_id) > (old.version, &old.object_id))
+        })
+        .count();
+    Ok(newer >= crate::gateway::manifests::write_quorum(set.len()))
 }

@@ -53,6 +53,55 @@ impl StripeLayout {
     }
 }
 
+/// Largest chunk size a pool may use (matches the operator's limit).
+pub const MAX_CHUNK_SIZE: u64 = 64 << 20;
+
+/// Checks a manifest from a peer or the disk before any arithmetic or
+/// indexing uses its fields; with `pool`, also that it fits that pool's code.
+/// Tombstones carry no layout.
+pub fn check_manifest(
+    m: &potluck_proto::v1::Manifest,
+    pool: Option<(u32, u32)>,
+) -> Result<(), String> {
+    if m.object_id.len() != 16 {
+        return Err(format!("object id of {} bytes", m.object_id.len()));
+    }
+    if m.tombstone {
+        return Ok(());
+    }
+    let width =
+        m.k.checked_add(m.m)
+            .filter(|w| (2..=crate::keys::MAX_WIDTH).contains(w));
+    let Some(width) = width.filter(|_| m.k >= 1 && m.m >= 1) else {
+        return Err(format!("code {}+{} is not usable", m.k, m.m));
+    };
+    if m.chunk_size == 0 || m.chunk_size > MAX_CHUNK_SIZE {
+        return Err(format!("chunk size {} out of range", m.chunk_size));
+    }
+    if let Some((k, pm)) = pool {
+        if (k, pm) != (m.k, m.m) {
+            return Err(format!(
+                "code {}+{} does not match the pool's {k}+{pm}",
+                m.k, m.m
+            ));
+        }
+    }
+    let stripes = StripeLayout::new(m.size, m.k, m.chunk_size).stripe_count();
+    if m.shard_hashes.len() as u64 != stripes
+        || m.shard_hashes
+            .iter()
+            .any(|h| h.len() != width as usize * 32)
+        || m.missing.len() as u64 > stripes
+    {
+        return Err(format!(
+            "{} stripe hash records for {stripes} stripes of {} shards",
+            m.shard_hashes.len(),
+            width
+        ));
+    }
+    Ok(())
+}
+
 /// Shard length for a stripe holding `data_len` bytes.
 pub fn shard_len_for(data_len: u64, k: u32, chunk_size: u64) -> u64 {
     data_len.div_ceil(u64::from(k)).min(chunk_size)
@@ -122,6 +171,45 @@ mod tests {
         assert_eq!(shard_slice(1, MIB, &(0..MIB)), None);
         assert_eq!(shard_slice(1, MIB, &(MIB - 1..MIB + 2)), Some(0..2));
         assert_eq!(shard_slice(0, MIB, &(MIB - 1..MIB + 2)), Some(MIB - 1..MIB));
+    }
+
+    #[test]
+    fn malformed_manifests_are_refused_before_use() {
+        let good = potluck_proto::v1::Manifest {
+            object_id: bytes::Bytes::from(vec![0u8; 16]),
+            k: 4,
+            m: 2,
+            chunk_size: MIB,
+            size: 5 * MIB,
+            shard_hashes: vec![bytes::Bytes::from(vec![0u8; 6 * 32]); 2],
+            ..Default::default()
+        };
+        assert!(check_manifest(&good, Some((4, 2))).is_ok());
+        assert!(check_manifest(&good, Some((5, 3))).is_err());
+        for bad in [
+            potluck_proto::v1::Manifest {
+                k: 0,
+                ..good.clone()
+            },
+            potluck_proto::v1::Manifest {
+                chunk_size: 0,
+                ..good.clone()
+            },
+            potluck_proto::v1::Manifest {
+                m: u32::MAX,
+                ..good.clone()
+            },
+            potluck_proto::v1::Manifest {
+                size: 9 * MIB,
+                ..good.clone()
+            },
+            potluck_proto::v1::Manifest {
+                object_id: bytes::Bytes::new(),
+                ..good.clone()
+            },
+        ] {
+            assert!(check_manifest(&bad, None).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -231,6 +231,11 @@ impl Node {
             Err(s) => return Err(call(s)),
         };
         let len = first.header.as_ref().map(|h| h.length).unwrap_or(0);
+        if len > crate::layout::MAX_CHUNK_SIZE {
+            return Err(call(tonic::Status::data_loss(format!(
+                "peer announced a {len} byte shard, larger than any chunk"
+            ))));
+        }
         let mut frames = FrameCollector::new(len);
         if !frames.push(first.data) {
             return Err(call(tonic::Status::data_loss(

@@ -251,6 +251,9 @@ impl ShardService for ShardServer {
             if m.pool.is_empty() || m.pool.len() > keys::MAX_POOL_NAME {
                 return Err(Status::invalid_argument("manifest names no valid pool"));
             }
+            let code = self.node.cluster.view().pool(&m.pool).map(|p| (p.k, p.m));
+            crate::layout::check_manifest(&m, code)
+                .map_err(|why| Status::invalid_argument(format!("malformed manifest: {why}")))?;
             let delay = self.node.tuning.gc_delay.as_millis() as u64;
             let applied = self
                 .node

@@ -412,7 +412,7 @@ impl ShardStore {
     }
 
     /// Manifests of `bucket` whose key starts with `prefix` and sorts after
-    /// `start_after`, tombstones included.
+    /// `start_after`, tombstones included, without their shard hashes.
     pub fn list_manifests(
         &self,
         pool: &str,
@@ -442,7 +442,12 @@ impl ShardStore {
             if out.len() == limit {
                 return Ok((out, true));
             }
-            out.push(decode_manifest(&v)?);
+            // Listing needs no shard hashes; a big object's would make a page
+            // of manifests outgrow the message limit.
+            let mut m = decode_manifest(&v)?;
+            m.shard_hashes.clear();
+            m.missing.clear();
+            out.push(m);
         }
         Ok((out, false))
     }

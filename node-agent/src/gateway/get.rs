@@ -16,7 +16,7 @@ use tonic::Status;
 use crate::cluster::MapView;
 use crate::gateway::{info_of, manifests, resolve_pool, status_from_codec};
 use crate::keys::ShardKey;
-use crate::layout::{shard_slice, stripe_pg, StripeLayout};
+use crate::layout::{check_manifest, shard_slice, stripe_pg, StripeLayout};
 use crate::node::Node;
 use crate::validate;
 
@@ -69,8 +69,13 @@ pub async fn get_object(node: Arc<Node>, req: pb::GetObjectRequest) -> Result<Ge
         None | Some(0) => size,
         Some(len) => start.saturating_add(len).min(size),
     };
+    check_manifest(&manifest, Some((pool.k, pool.m))).map_err(|why| {
+        Status::data_loss(format!(
+            "manifest of {}/{} is malformed ({why}); rewrite the object",
+            req.bucket, req.key
+        ))
+    })?;
     let layout = StripeLayout::new(size, manifest.k, manifest.chunk_size);
-    check_manifest_shape(&manifest, &layout)?;
     let info = info_of(&manifest);
     let ctx = Arc::new(ReadContext {
         node: node.clone(),
@@ -127,26 +132,6 @@ pub async fn get_object(node: Arc<Node>, req: pb::GetObjectRequest) -> Result<Ge
         }
     });
     Ok(ReceiverStream::new(rx))
-}
-
-fn check_manifest_shape(m: &pb::Manifest, layout: &StripeLayout) -> Result<(), Status> {
-    let width = (m.k + m.m) as usize;
-    let stripes = layout.stripe_count() as usize;
-    let ok = m.k > 0
-        && m.chunk_size > 0
-        && m.shard_hashes.len() == stripes
-        && m.shard_hashes.iter().all(|h| h.len() == width * 32)
-        && m.object_id.len() == 16;
-    if ok {
-        Ok(())
-    } else {
-        Err(Status::data_loss(format!(
-            "manifest of {}/{} is malformed ({} stripe hash records for {stripes} stripes); rewrite the object",
-            m.bucket,
-            m.key,
-            m.shard_hashes.len()
-        )))
-    }
 }
 
 fn expected_hash(m: &pb::Manifest, stripe: usize, shard: usize) -> &[u8] {

@@ -26,7 +26,8 @@ fn newer(a: &pb::Manifest, b: &pb::Manifest) -> bool {
     (a.version, &a.object_id) > (b.version, &b.object_id)
 }
 
-/// Writes `m` to a majority of its PG; fails naming who did not answer.
+/// Writes `m` to a majority of its PG; fails naming who did not answer, or
+/// with ABORTED when members already hold a newer version.
 pub async fn write(
     node: &Arc<Node>,
     view: &MapView,
@@ -39,10 +40,18 @@ pub async fn write(
         .iter()
         .map(|member| node.put_manifest(view, member, pg, m.clone()));
     let results = join_all(calls).await;
-    let acks = results.iter().filter(|r| r.is_ok()).count();
+    // Only members that now hold this version count: one that kept a newer
+    // version did not store ours.
+    let acks = results.iter().filter(|r| matches!(r, Ok(true))).count();
     let need = write_quorum(set.len());
     if acks >= need {
         return Ok(());
+    }
+    if results.iter().any(|r| matches!(r, Ok(false))) {
+        return Err(Status::aborted(format!(
+            "a newer version of {}/{} was written at the same time; this write was not applied (retry to write over it)",
+            m.bucket, m.key
+        )));
     }
     let errors: Vec<String> = results
         .into_iter()

@@ -173,12 +173,18 @@ pub async fn put_object(
         )));
     }
 
+    // Versions come from gateway clocks; never go below what the key already
+    // has, or a put through a gateway with a slower clock would be ignored.
+    let newest = manifests::read(&node, &view, &ctx.pool, &header.bucket, &header.key).await?;
+    let version = newest
+        .map_or(0, |n| n.version.saturating_add(1))
+        .max(now_unix_ns());
     let degraded = done.iter().filter(|d| d.missing != 0).count() as u64;
     let manifest = pb::Manifest {
         bucket: header.bucket,
         key: header.key,
         pool: ctx.pool.name.clone(),
-        version: now_unix_ns(),
+        version,
         object_id: Bytes::copy_from_slice(&ctx.object_id),
         tombstone: false,
         size: total,
