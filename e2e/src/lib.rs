@@ -185,21 +185,7 @@ pub async fn get(
 /// Reads one metric's value (summed over label sets matching `filter`) from an
 /// agent's `/metrics`.
 pub async fn metric(metrics_addr: &str, name: &str, filter: &str) -> f64 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(metrics_addr)
-        .await
-        .unwrap_or_else(|e| panic!("metrics at {metrics_addr}: {e}"));
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        .await
-        .expect("send metrics request");
-    let mut body = String::new();
-    s.read_to_string(&mut body).await.expect("read metrics");
-    body.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter(|l| l.contains(filter))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    metric_matching(metrics_addr, name, &[filter]).await
 }
 
 /// Polls `check` until it holds; fails the test after `limit`. The pause
