@@ -203,3 +203,27 @@ async fn health_and_reflection_are_served() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_members_refuse_with_resource_exhausted_and_say_so() {
+    // Every member offers 3 MiB; a 16 MiB put needs 4 MiB of shards on each.
+    let fleet = start_fleet_with(&[], |cfg| cfg.capacity_bytes = 3 << 20).await;
+    let mut c = object_client(&fleet.endpoints()[0]).await;
+    put(&mut c, B, "fits", &random_bytes(MIB, 1))
+        .await
+        .expect("a small put fits");
+    let err = put(&mut c, B, "too-big", &random_bytes(16 * MIB, 2))
+        .await
+        .expect_err("members are full");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
+    assert!(
+        err.message().contains("full") && err.message().contains("add members or free space"),
+        "{}",
+        err.message()
+    );
+    assert_refused(get(&mut c, B, "too-big").await, Code::NotFound, "not found");
+    assert_eq!(
+        get(&mut c, B, "fits").await.expect("still serving").len(),
+        MIB
+    );
+}

@@ -114,6 +114,7 @@ impl Node {
     fn local_err(&self, e: StoreError) -> PeerError {
         PeerError::Local {
             member: self.id.clone(),
+            status_code: crate::shard_service::store_status_code(&e),
             detail: e.to_string(),
         }
     }

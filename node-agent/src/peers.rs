@@ -36,10 +36,24 @@ pub enum PeerError {
         message: String,
     },
     #[error("member {member} (local store): {detail}")]
-    Local { member: String, detail: String },
+    Local {
+        member: String,
+        status_code: tonic::Code,
+        detail: String,
+    },
 }
 
 impl PeerError {
+    /// The gRPC code the member answered with, if it answered at all.
+    pub fn member_code(&self) -> Option<tonic::Code> {
+        match self {
+            PeerError::Call { status_code, .. } | PeerError::Local { status_code, .. } => {
+                Some(*status_code)
+            }
+            _ => None,
+        }
+    }
+
     pub fn call(member: &str, s: tonic::Status) -> Self {
         PeerError::Call {
             member: member.to_string(),

@@ -48,14 +48,17 @@ impl ShardServer {
     }
 }
 
-pub fn store_status(e: StoreError) -> Status {
+pub fn store_status_code(e: &StoreError) -> tonic::Code {
     match e {
-        StoreError::Corrupt { .. } => Status::data_loss(e.to_string()),
-        StoreError::HashMismatch => Status::data_loss(e.to_string()),
-        StoreError::Full { .. } => Status::resource_exhausted(e.to_string()),
-        StoreError::Key(_) => Status::invalid_argument(e.to_string()),
-        _ => Status::internal(e.to_string()),
+        StoreError::Corrupt { .. } | StoreError::HashMismatch => tonic::Code::DataLoss,
+        StoreError::Full { .. } => tonic::Code::ResourceExhausted,
+        StoreError::Key(_) => tonic::Code::InvalidArgument,
+        _ => tonic::Code::Internal,
     }
+}
+
+pub fn store_status(e: StoreError) -> Status {
+    Status::new(store_status_code(&e), e.to_string())
 }
 
 fn key_status(e: keys::KeyError) -> Status {

@@ -321,28 +321,43 @@ fn spawn_stripe(
             let ctx = &ctx;
             async move {
                 if !writable(&ctx.view, member) {
-                    return Err(format!("member {member} is down in the map"));
+                    return Err((None, format!("member {member} is down in the map")));
                 }
                 ctx.node
                     .put_shard(&ctx.view, member, key, data, h)
                     .await
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| (e.member_code(), e.to_string()))
             }
         });
         let results = futures::future::join_all(sends).await;
         ctx.node.buffers.give_back(frozen);
         let mut missing = 0u32;
         let mut errors = Vec::new();
+        let mut codes = Vec::new();
         for (i, r) in results.into_iter().enumerate() {
-            if let Err(e) = r {
+            if let Err((code, e)) = r {
                 missing |= 1 << i;
+                codes.push(code);
                 errors.push(e);
             }
         }
         let acks = width - errors.len();
         if acks < ctx.pool.write_quorum as usize {
-            return Err(Status::unavailable(format!(
-                "stripe {stripe}: {acks} of {width} members stored their shard, write quorum is {}; bring members back and retry ({})",
+            // Members that all refused for one reason the client can act on
+            // (full disks, a stale map) say so in the code, not only the text.
+            let code = match codes.first() {
+                Some(Some(
+                    c @ (tonic::Code::ResourceExhausted | tonic::Code::FailedPrecondition),
+                )) if codes.iter().all(|x| x == &Some(*c)) => *c,
+                _ => tonic::Code::Unavailable,
+            };
+            let hint = match code {
+                tonic::Code::ResourceExhausted => "add members or free space",
+                tonic::Code::FailedPrecondition => "the cluster map changed; retry",
+                _ => "bring members back and retry",
+            };
+            return Err(Status::new(code, format!(
+                "stripe {stripe}: {acks} of {width} members stored their shard, write quorum is {}; {hint} ({})",
                 ctx.pool.write_quorum,
                 errors.join("; ")
             )));
