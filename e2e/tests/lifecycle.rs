@@ -124,3 +124,27 @@ async fn a_large_put_uses_a_few_stripes_of_memory_not_the_object_size() {
         peak >> 20
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_puts_share_the_agents_memory_budget_without_deadlock() {
+    // 12 MiB: two 4+2 stripe buffers of 6 MiB for all puts of the agent.
+    let fleet = start_fleet(&["--put-memory", "12MiB"]).await;
+    let ep = fleet.endpoints()[0].clone();
+    let mut puts = Vec::new();
+    for i in 0..3u64 {
+        let ep = ep.clone();
+        puts.push(tokio::spawn(async move {
+            let data = random_bytes(20 * MIB + i as usize, i);
+            let mut c = object_client(&ep).await;
+            put(&mut c, B, &format!("budget/{i}"), &data)
+                .await
+                .map(|_| data)
+        }));
+    }
+    let mut c = object_client(&fleet.endpoints()[3]).await;
+    for (i, p) in puts.into_iter().enumerate() {
+        let data = p.await.expect("join").expect("put under the budget");
+        let got = get(&mut c, B, &format!("budget/{i}")).await.expect("get");
+        assert!(got == data, "budget/{i} differs");
+    }
+}

@@ -41,6 +41,10 @@ struct Args {
     /// Stripes of one put or get in flight at once.
     #[arg(long, default_value_t = 4)]
     stripes_in_flight: usize,
+    /// Stripe buffers all puts through this agent may hold at once; puts
+    /// beyond it wait, which slows their clients instead of growing memory.
+    #[arg(long, default_value = "256MiB", value_parser = parse_size)]
+    put_memory: u64,
 }
 
 /// Sizes like `1048576`, `64MiB`, `10GiB`, `1TB` (decimal units for KB/MB/GB/TB).
@@ -96,6 +100,7 @@ async fn main() -> anyhow::Result<()> {
         tuning: Tuning {
             gc_delay: Duration::from_secs(args.gc_delay_secs),
             stripes_in_flight: args.stripes_in_flight.max(1),
+            put_memory_bytes: usize::try_from(args.put_memory).unwrap_or(usize::MAX),
             ..Tuning::default()
         },
     };

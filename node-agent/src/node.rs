@@ -31,6 +31,9 @@ pub struct Tuning {
     pub gc_interval: Duration,
     /// Blocking store operations running at once.
     pub store_concurrency: usize,
+    /// Stripe buffers all puts on this agent may hold at once, in bytes: a
+    /// put waits (and so slows its client) rather than growing past it.
+    pub put_memory_bytes: usize,
 }
 
 impl Default for Tuning {
@@ -42,6 +45,7 @@ impl Default for Tuning {
             gc_delay: Duration::from_secs(60),
             gc_interval: Duration::from_secs(2),
             store_concurrency: 32,
+            put_memory_bytes: 256 << 20,
         }
     }
 }
@@ -56,6 +60,8 @@ pub struct Node {
     pub metrics: Arc<Metrics>,
     pub tuning: Tuning,
     pub started: Instant,
+    /// Budget for stripe buffers of puts, in MiB units (see `Tuning`).
+    pub put_memory: Arc<Semaphore>,
     store_slots: Semaphore,
 }
 
@@ -90,6 +96,7 @@ impl Node {
             buffers: BufferPool::new(16),
             metrics,
             store_slots: Semaphore::new(tuning.store_concurrency),
+            put_memory: Arc::new(Semaphore::new((tuning.put_memory_bytes >> 20).max(1))),
             tuning,
             started: Instant::now(),
         }

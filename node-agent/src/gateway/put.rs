@@ -11,6 +11,7 @@ use bytes::{Bytes, BytesMut};
 use futures::stream::{FuturesOrdered, StreamExt};
 use pb::put_object_request::Body;
 use potluck_proto::v1 as pb;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinHandle;
 use tonic::Status;
 
@@ -80,6 +81,7 @@ pub async fn put_object(
     let mut total: u64 = 0;
     let mut stripe_no: u64 = 0;
     let mut buf: Option<BytesMut> = None;
+    let mut permit: Option<OwnedSemaphorePermit> = None;
     let mut filled = 0usize;
 
     let mut finish: Option<pb::PutObjectFinish> = None;
@@ -123,7 +125,13 @@ pub async fn put_object(
             .inc_by(data.len() as u64);
         let mut rest = &data[..];
         while !rest.is_empty() {
-            let b = buf.get_or_insert_with(|| take_buffer(&node, width * chunk));
+            let b = match buf.as_mut() {
+                Some(b) => b,
+                None => {
+                    permit = Some(reserve(&node, width * chunk).await?);
+                    buf.insert(take_buffer(&node, width * chunk))
+                }
+            };
             let n = rest.len().min(stripe_data - filled);
             b[filled..filled + n].copy_from_slice(&rest[..n]);
             filled += n;
@@ -135,7 +143,13 @@ pub async fn put_object(
                     }
                 }
                 if let Some(b) = buf.take() {
-                    inflight.push_back(StripeTask(spawn_stripe(ctx.clone(), stripe_no, b, filled)));
+                    inflight.push_back(StripeTask(spawn_stripe(
+                        ctx.clone(),
+                        stripe_no,
+                        b,
+                        filled,
+                        permit.take(),
+                    )));
                 }
                 stripe_no += 1;
                 filled = 0;
@@ -151,7 +165,13 @@ pub async fn put_object(
     };
     if filled > 0 {
         if let Some(b) = buf.take() {
-            inflight.push_back(StripeTask(spawn_stripe(ctx.clone(), stripe_no, b, filled)));
+            inflight.push_back(StripeTask(spawn_stripe(
+                ctx.clone(),
+                stripe_no,
+                b,
+                filled,
+                permit.take(),
+            )));
         }
     }
     while let Some(r) = inflight.next().await {
@@ -214,6 +234,18 @@ fn client_gone(s: Status) -> Status {
     ))
 }
 
+/// Waits for room in the agent-wide budget for one stripe buffer.
+async fn reserve(node: &Node, bytes: usize) -> Result<OwnedSemaphorePermit, Status> {
+    let units = (bytes.div_ceil(1 << 20) as u32)
+        .min(node.tuning.put_memory_bytes as u32 >> 20)
+        .max(1);
+    node.put_memory
+        .clone()
+        .acquire_many_owned(units)
+        .await
+        .map_err(|_| Status::unavailable("agent is shutting down; retry on another agent"))
+}
+
 fn take_buffer(node: &Node, len: usize) -> BytesMut {
     let (b, fresh) = node.buffers.take(len);
     if fresh {
@@ -274,8 +306,11 @@ fn spawn_stripe(
     stripe: u64,
     buf: BytesMut,
     data_len: usize,
+    permit: Option<OwnedSemaphorePermit>,
 ) -> JoinHandle<Result<StripeDone, Status>> {
     tokio::spawn(async move {
+        // Held until the stripe is done with its buffer.
+        let _permit = permit;
         let (k, width, chunk) = (
             ctx.pool.k as usize,
             (ctx.pool.k + ctx.pool.m) as usize,
