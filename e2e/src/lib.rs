@@ -60,6 +60,17 @@ pub async fn start_fleet_with(
     extra_agent_args: &[&str],
     tweak: impl FnOnce(&mut FleetConfig),
 ) -> TestFleet {
+    try_start_fleet_with(extra_agent_args, tweak)
+        .await
+        .unwrap_or_else(|e| panic!("starting the fleet: {e}"))
+}
+
+/// The fleet in a fresh temporary directory, or its start error. With
+/// `POTLUCK_E2E_KEEP` set the directory (data and agent logs) is kept.
+pub async fn try_start_fleet_with(
+    extra_agent_args: &[&str],
+    tweak: impl FnOnce(&mut FleetConfig),
+) -> Result<TestFleet, potluck_cli::fleet::FleetError> {
     let dir = tempfile::Builder::new()
         .prefix("potluck-e2e-")
         .tempdir()
@@ -67,17 +78,15 @@ pub async fn start_fleet_with(
     let mut cfg = FleetConfig::new(dir.path());
     cfg.extra_agent_args = extra_agent_args.iter().map(|s| s.to_string()).collect();
     tweak(&mut cfg);
-    let fleet = Fleet::start(cfg)
-        .await
-        .unwrap_or_else(|e| panic!("starting the fleet: {e}"));
+    let fleet = Fleet::start(cfg).await?;
     if std::env::var_os("POTLUCK_E2E_KEEP").is_some() {
         let _ = dir.keep();
-        return TestFleet {
+        return Ok(TestFleet {
             fleet,
             _dir: tempfile::tempdir().expect("temp dir"),
-        };
+        });
     }
-    TestFleet { fleet, _dir: dir }
+    Ok(TestFleet { fleet, _dir: dir })
 }
 
 pub async fn object_client(endpoint: &str) -> ObjectServiceClient<Channel> {
@@ -218,14 +227,7 @@ pub fn peak_rss_bytes(pid: u32) -> Option<u64> {
 pub async fn try_start_fleet(
     extra_agent_args: &[&str],
 ) -> Result<TestFleet, potluck_cli::fleet::FleetError> {
-    let dir = tempfile::Builder::new()
-        .prefix("potluck-e2e-")
-        .tempdir()
-        .expect("temp dir");
-    let mut cfg = FleetConfig::new(dir.path());
-    cfg.extra_agent_args = extra_agent_args.iter().map(|s| s.to_string()).collect();
-    let fleet = Fleet::start(cfg).await?;
-    Ok(TestFleet { fleet, _dir: dir })
+    try_start_fleet_with(extra_agent_args, |_| {}).await
 }
 
 /// The `potluck` command built by `cargo build --workspace --bins`: next to
