@@ -119,7 +119,7 @@ impl Metrics {
             corrupt_shards: counter(
                 r,
                 "potluck_store_corrupt_shards_total",
-                "Shards whose bytes did not match their BLAKE3 hash when read",
+                "Shards that failed their hash check when this agent read them, from its own store or from a peer",
             )?,
             gc_shards_deleted: counter(
                 r,

@@ -198,7 +198,12 @@ impl Node {
             self.with_store(move |s| s.get_shard(&key))
                 .await
                 .map(|o| o.map(|(d, _)| Bytes::from(d)))
-                .map_err(|e| self.local_err(e))
+                .map_err(|e| {
+                    if matches!(e, StoreError::Corrupt { .. }) {
+                        self.metrics.corrupt_shards.inc();
+                    }
+                    self.local_err(e)
+                })
         } else {
             self.get_remote_shard(view, member, key).await
         };

@@ -147,7 +147,9 @@ impl ShardService for ShardServer {
                 Ok(Some(x)) => x,
                 Ok(None) => return Err(Status::not_found("shard not held by this member")),
                 Err(e) => {
-                    self.node.metrics.corrupt_shards.inc();
+                    if matches!(e, StoreError::Corrupt { .. }) {
+                        self.node.metrics.corrupt_shards.inc();
+                    }
                     tracing::warn!("serving shard failed: {e}");
                     return Err(store_status(e));
                 }

@@ -164,12 +164,8 @@ async fn fetch(ctx: &ReadContext, s: u64, pg: u32, i: usize) -> Result<Bytes, St
             Ok(data)
         }
         Ok(None) => Err(format!("shard {i}: {member} does not hold it")),
-        Err(e) => {
-            if e.to_string().contains("corrupt") {
-                ctx.node.metrics.corrupt_shards.inc();
-            }
-            Err(format!("shard {i}: {e}"))
-        }
+        // A corrupt local shard was counted by the store read itself.
+        Err(e) => Err(format!("shard {i}: {e}")),
     }
 }
 
