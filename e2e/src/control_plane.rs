@@ -199,3 +199,13 @@ pub fn process_exists(pid: u32) -> bool {
         Err(_) => false,
     }
 }
+
+/// Whitespace-separated cells of line `n` of a `kubectl get` table (0 is the header).
+pub fn table_row(table: &str, n: usize) -> Vec<&str> {
+    table
+        .lines()
+        .nth(n)
+        .unwrap_or("")
+        .split_whitespace()
+        .collect()
+}

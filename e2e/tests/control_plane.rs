@@ -141,19 +141,9 @@ fn control_plane_serves_crds_with_cel_validation_and_stops() {
 
     // Printer columns (with custom columns, AGE appears only if declared).
     let table = cp.kubectl_ok(&["get", "gadgets"], None);
-    let header: Vec<&str> = table
-        .lines()
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
+    let header = table_row(&table, 0);
     assert_eq!(header, ["NAME", "K", "M", "PHASE"], "{table}");
-    let row: Vec<&str> = table
-        .lines()
-        .nth(1)
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
+    let row = table_row(&table, 1);
     assert_eq!(row, ["demo", "4", "2", "Ready"], "{table}");
 
     // CEL: a new object breaking the rule is refused, server-side dry run.

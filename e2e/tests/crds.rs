@@ -3,7 +3,7 @@
 //! power-of-two PG counts, immutable k and m, endpoint shape), and
 //! `kubectl get` shows the printer columns and short names.
 
-use potluck_e2e::control_plane::{repo_root, text, ControlPlane};
+use potluck_e2e::control_plane::{repo_root, table_row, text, ControlPlane};
 
 fn pool(name: &str, k: u32, m: u32, pgs: u32) -> String {
     format!(
@@ -84,23 +84,13 @@ fn generated_crds_apply_and_the_api_server_enforces_their_rules() {
         None,
     );
     let table = cp.kubectl_ok(&["get", "spool"], None);
-    let header: Vec<&str> = table
-        .lines()
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
+    let header = table_row(&table, 0);
     assert_eq!(
         header,
         ["NAME", "K", "M", "MEMBERS", "USED", "CAPACITY", "HEALTH", "EPOCH", "AGE"],
         "{table}"
     );
-    let row: Vec<&str> = table
-        .lines()
-        .nth(1)
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
+    let row = table_row(&table, 1);
     assert_eq!(
         &row[..8],
         ["photos", "4", "2", "6", "1000", "60000", "Healthy", "7"],

@@ -89,15 +89,6 @@ impl StripeCodec {
             .reconstruct_data(shards)
             .map_err(|e| CodecError::Internal(format!("{e:?}")))
     }
-
-    /// Rebuilds every missing shard, parity included (used by benchmarks and
-    /// by recovery).
-    pub fn reconstruct_all(&self, shards: &mut [Option<Vec<u8>>]) -> Result<(), CodecError> {
-        self.enough(shards)?;
-        self.rs
-            .reconstruct(shards)
-            .map_err(|e| CodecError::Internal(format!("{e:?}")))
-    }
 }
 
 /// Codecs by (k, m), built on first use. Building one inverts a matrix, so a

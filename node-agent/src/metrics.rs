@@ -3,7 +3,6 @@
 //! Labels are bounded: service, method, gRPC code, direction, peer member id.
 //! Object keys and buckets never become label values.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -259,9 +258,4 @@ pub async fn serve(
         }),
     );
     axum::serve(listener, app).await
-}
-
-/// Convenience for the address the ready line prints.
-pub fn local(listener: &tokio::net::TcpListener) -> std::io::Result<SocketAddr> {
-    listener.local_addr()
 }

@@ -13,6 +13,17 @@ use potluck_agent::shard_store::ShardStore;
 use potluck_e2e::*;
 use potluck_proto::v1 as pb;
 
+/// Shard 0 of stripe `stripe` of a made-up object tagged `tag`.
+fn bench_key(pool: &str, pg: u32, tag: u8, stripe: u32) -> ShardKey {
+    ShardKey {
+        pool: pool.into(),
+        pg,
+        object_id: [tag; 16],
+        stripe,
+        shard: 0,
+    }
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -94,13 +105,7 @@ fn rocksdb_baseline(total: usize, reps: usize) -> f64 {
                 let (store, value) = (store.clone(), &value);
                 s.spawn(move || {
                     for i in 0..per_thread {
-                        let key = ShardKey {
-                            pool: "bench".into(),
-                            pg: th,
-                            object_id: [r as u8; 16],
-                            stripe: i as u32,
-                            shard: 0,
-                        };
+                        let key = bench_key("bench", th, r as u8, i as u32);
                         store.put_shard(&key, value, &hash).expect("put");
                     }
                 });
@@ -171,13 +176,7 @@ async fn shard_put_latency(fleet: &Fleet, n: usize) -> (f64, f64) {
     let hash = Bytes::copy_from_slice(blake3::hash(&data).as_bytes());
     let mut lat = Vec::new();
     for i in 0..n {
-        let key = ShardKey {
-            pool: "default".into(),
-            pg: 0,
-            object_id: [0xEE; 16],
-            stripe: i as u32,
-            shard: 0,
-        };
+        let key = bench_key("default", 0, 0xEE, i as u32);
         let msgs = potluck_agent::peers::put_shard_messages(
             epoch,
             pb::ShardHeader {
@@ -206,13 +205,7 @@ fn store_put_latency(n: usize) -> f64 {
     let hash = *blake3::hash(&data).as_bytes();
     let mut lat = Vec::new();
     for i in 0..n {
-        let key = ShardKey {
-            pool: "bench".into(),
-            pg: 0,
-            object_id: [1; 16],
-            stripe: i as u32,
-            shard: 0,
-        };
+        let key = bench_key("bench", 0, 1, i as u32);
         let t = Instant::now();
         store.put_shard(&key, &data, &hash).expect("put");
         lat.push(t.elapsed().as_secs_f64() * 1e3);
