@@ -33,26 +33,13 @@ impl AgentControl for Control {
                 .map
                 .ok_or_else(|| Status::invalid_argument("ApplyClusterMap without a map"))?;
             let node = self.node.clone();
-            let result = tokio::task::spawn_blocking(move || {
-                let store = node.store.clone();
-                node.cluster.apply(map, |m| {
-                    store
-                        .save_map(m)
-                        .map_err(|e| MapError::Invalid(format!("could not persist the map: {e}")))
-                })
-            })
-            .await
-            .map_err(|e| Status::internal(format!("map task failed: {e}")))?;
+            let result = tokio::task::spawn_blocking(move || node.apply_map(map))
+                .await
+                .map_err(|e| Status::internal(format!("map task failed: {e}")))?;
             match result {
-                Ok((view, changed)) => {
-                    if changed {
-                        self.node.metrics.map_epoch.set(view.epoch() as i64);
-                        tracing::info!(epoch = view.epoch(), "applied cluster map");
-                    }
-                    Ok(pb::ApplyClusterMapResponse {
-                        epoch: view.epoch(),
-                    })
-                }
+                Ok((view, _)) => Ok(pb::ApplyClusterMapResponse {
+                    epoch: view.epoch(),
+                }),
                 Err(e @ (MapError::Stale { .. } | MapError::Conflict(_))) => {
                     Err(Status::failed_precondition(e.to_string()))
                 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use potluck_agent::node::Tuning;
+use potluck_agent::registration::{Registration, Settings};
 use potluck_agent::server::{Agent, AgentConfig};
 
 #[derive(Parser, Debug)]
@@ -18,8 +19,9 @@ use potluck_agent::server::{Agent, AgentConfig};
 )]
 struct Args {
     /// Member id, stable across restarts (the data directory remembers it).
+    /// With --kubernetes it defaults to --node-name.
     #[arg(long, env = "POTLUCK_MEMBER_ID")]
-    id: String,
+    id: Option<String>,
     /// gRPC address (ObjectService, ShardService, AgentControl, health, reflection).
     #[arg(long, default_value = "127.0.0.1:7100")]
     listen: SocketAddr,
@@ -45,6 +47,41 @@ struct Args {
     /// beyond it wait, which slows their clients instead of growing memory.
     #[arg(long, default_value = "256MiB", value_parser = parse_size)]
     put_memory: u64,
+    /// Register as a StorageNode and keep a Lease alive through the Kubernetes
+    /// API (credentials from KUBECONFIG or the pod's service account).
+    #[arg(long, env = "POTLUCK_KUBERNETES")]
+    kubernetes: bool,
+    /// The Kubernetes node this agent runs on (the downward API's spec.nodeName);
+    /// its labels give the failure domain.
+    #[arg(long, env = "NODE_NAME")]
+    node_name: Option<String>,
+    /// Namespace of the agent's Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "potluck-system")]
+    namespace: String,
+    /// `host:port` peers and clients dial, registered in the StorageNode;
+    /// defaults to the bound gRPC address.
+    #[arg(long, env = "POTLUCK_ADVERTISE")]
+    advertise: Option<String>,
+    /// Label of the Kubernetes node whose value is the failure domain.
+    #[arg(long, default_value = "kubernetes.io/hostname")]
+    failure_domain_key: String,
+    /// Seconds the Lease stays valid without renewal; renewed every third of it.
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    lease_duration_secs: u64,
+}
+
+impl Args {
+    /// The member id: --id, or in Kubernetes mode the node name.
+    fn member_id(&self) -> anyhow::Result<String> {
+        match (&self.id, &self.node_name) {
+            (Some(id), _) if !id.is_empty() => Ok(id.clone()),
+            (_, Some(node)) if self.kubernetes && !node.is_empty() => Ok(node.clone()),
+            _ if self.kubernetes => anyhow::bail!(
+                "no member id: set --id (POTLUCK_MEMBER_ID) or --node-name (NODE_NAME, the downward API's spec.nodeName)"
+            ),
+            _ => anyhow::bail!("no member id: set --id (or POTLUCK_MEMBER_ID)"),
+        }
+    }
 }
 
 /// Sizes like `1048576`, `64MiB`, `10GiB`, `1TB` (decimal units for KB/MB/GB/TB).
@@ -86,16 +123,18 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    let id = args.member_id()?;
+    let fallback_domain = if args.failure_domain.is_empty() {
+        id.clone()
+    } else {
+        args.failure_domain.clone()
+    };
     let cfg = AgentConfig {
-        failure_domain: if args.failure_domain.is_empty() {
-            args.id.clone()
-        } else {
-            args.failure_domain.clone()
-        },
-        id: args.id,
+        failure_domain: fallback_domain.clone(),
+        id: id.clone(),
         listen: args.listen,
         metrics_listen: args.metrics_listen,
-        data_dir: args.data_dir,
+        data_dir: args.data_dir.clone(),
         capacity_bytes: args.capacity,
         tuning: Tuning {
             gc_delay: Duration::from_secs(args.gc_delay_secs),
@@ -104,9 +143,42 @@ async fn main() -> anyhow::Result<()> {
             ..Tuning::default()
         },
     };
-    let id = cfg.id.clone();
     let agent = Agent::bind(cfg).await.context("agent failed to start")?;
-    tracing::info!(member = %id, grpc = %agent.grpc_addr, metrics = %agent.metrics_addr, epoch = agent.node.cluster.epoch(), "agent serving");
+    let lease_task = if args.kubernetes {
+        let endpoint = match &args.advertise {
+            Some(a) => a.clone(),
+            None => {
+                if agent.grpc_addr.ip().is_unspecified() {
+                    tracing::warn!(
+                        grpc = %agent.grpc_addr,
+                        "registering an unspecified address as the endpoint; set --advertise (POTLUCK_ADVERTISE) to the pod or host IP"
+                    );
+                }
+                agent.grpc_addr.to_string()
+            }
+        };
+        let settings = Settings {
+            member_id: id.clone(),
+            node_name: args.node_name.clone().filter(|n| !n.is_empty()),
+            namespace: args.namespace.clone(),
+            endpoint,
+            capacity_bytes: args.capacity,
+            failure_domain_key: args.failure_domain_key.clone(),
+            fallback_failure_domain: fallback_domain,
+            lease_duration: Duration::from_secs(args.lease_duration_secs),
+            startup_timeout: Duration::from_secs(60),
+        };
+        let client = kube::Client::try_default().await.context(
+            "no Kubernetes client: set KUBECONFIG, or run in a pod with a service account",
+        )?;
+        let registration = Registration::register(client, settings, agent.node.metrics.clone())
+            .await
+            .context("registering with Kubernetes failed")?;
+        Some(tokio::spawn(registration.keep_lease()))
+    } else {
+        None
+    };
+    tracing::info!(member = %id, grpc = %agent.grpc_addr, metrics = %agent.metrics_addr, epoch = agent.node.cluster.epoch(), kubernetes = args.kubernetes, "agent serving");
     {
         let mut out = std::io::stdout().lock();
         writeln!(
@@ -116,8 +188,15 @@ async fn main() -> anyhow::Result<()> {
         )?;
         out.flush()?;
     }
+    let shutdown = async move {
+        shutdown_signal().await;
+        // A stopping member stops vouching for itself at once.
+        if let Some(task) = lease_task {
+            task.abort();
+        }
+    };
     agent
-        .serve(shutdown_signal())
+        .serve(shutdown)
         .await
         .context("agent stopped with an error")?;
     tracing::info!("agent stopped cleanly");

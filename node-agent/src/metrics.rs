@@ -32,6 +32,11 @@ pub struct Metrics {
     pub gc_shards_deleted: IntCounter,
     pub stripe_buffers_allocated: IntCounter,
     pub map_epoch: IntGauge,
+    /// Kubernetes mode: Lease writes, by `result` (`ok`, `error`).
+    pub lease_renewals: IntCounterVec,
+    /// Newer maps fetched from peers after a request carried a newer epoch,
+    /// by `result` (see `map_catchup::Outcome`).
+    pub map_catchups: IntCounterVec,
     store_shards: IntGauge,
     store_bytes: IntGauge,
     store_capacity: IntGauge,
@@ -79,7 +84,28 @@ impl Metrics {
             &["service", "method", "code"],
         )?;
         r.register(Box::new(rpc_duration.clone()))?;
+        let lease_renewals = counter_vec(
+            r,
+            "potluck_agent_lease_renewals_total",
+            "Writes of this agent's Lease (Kubernetes mode), by result",
+            &["result"],
+        )?;
+        let map_catchups = counter_vec(
+            r,
+            "potluck_agent_map_catchups_total",
+            "Fetches of a newer cluster map from peers, started when a request carried a newer epoch, by result",
+            &["result"],
+        )?;
+        // Present from the start, so a rate over them is defined before the first event.
+        for result in ["ok", "error"] {
+            lease_renewals.with_label_values(&[result]);
+        }
+        for result in crate::map_catchup::Outcome::LABELS {
+            map_catchups.with_label_values(&[result]);
+        }
         Ok(Self {
+            lease_renewals,
+            map_catchups,
             rpc_requests: counter_vec(
                 r,
                 "potluck_rpc_requests_total",

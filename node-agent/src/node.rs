@@ -9,7 +9,7 @@ use potluck_proto::v1 as pb;
 use tokio::sync::Semaphore;
 
 use crate::buffers::BufferPool;
-use crate::cluster::{Cluster, MapView};
+use crate::cluster::{Cluster, MapError, MapView};
 use crate::codec::CodecCache;
 use crate::keys::ShardKey;
 use crate::metrics::Metrics;
@@ -62,6 +62,8 @@ pub struct Node {
     pub started: Instant,
     /// Budget for stripe buffers of puts, in MiB units (see `Tuning`).
     pub put_memory: Arc<Semaphore>,
+    /// At most one fetch of a newer map from peers at a time.
+    pub catchup: crate::map_catchup::CatchupState,
     store_slots: Semaphore,
 }
 
@@ -97,9 +99,27 @@ impl Node {
             metrics,
             store_slots: Semaphore::new(tuning.store_concurrency),
             put_memory: Arc::new(Semaphore::new((tuning.put_memory_bytes >> 20).max(1))),
+            catchup: crate::map_catchup::CatchupState::default(),
             tuning,
             started: Instant::now(),
         }
+    }
+
+    /// Replaces the map if `map` is newer, persisting it first (blocking: call
+    /// from `spawn_blocking`). Whoever hands us the map (operator push or a
+    /// peer during catch-up) goes through the same rule and bookkeeping.
+    pub fn apply_map(&self, map: pb::ClusterMap) -> Result<(Arc<MapView>, bool), MapError> {
+        let store = self.store.clone();
+        let (view, changed) = self.cluster.apply(map, |m| {
+            store
+                .save_map(m)
+                .map_err(|e| MapError::Invalid(format!("could not persist the map: {e}")))
+        })?;
+        if changed {
+            self.metrics.map_epoch.set(view.epoch() as i64);
+            tracing::info!(epoch = view.epoch(), "applied cluster map");
+        }
+        Ok((view, changed))
     }
 
     /// Runs a blocking store operation off the async workers, bounded.

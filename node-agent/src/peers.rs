@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use potluck_proto::v1 as pb;
+use potluck_proto::v1::agent_control_client::AgentControlClient;
 use potluck_proto::v1::shard_service_client::ShardServiceClient;
 use tonic::transport::{Channel, Endpoint};
 
@@ -86,6 +87,23 @@ impl Peers {
         member: &str,
         addr: &str,
     ) -> Result<ShardServiceClient<Channel>, PeerError> {
+        Ok(ShardServiceClient::new(self.channel(member, addr)?)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES))
+    }
+
+    /// AgentControl of a peer, over the same channel as its shard traffic.
+    pub fn control_client(
+        &self,
+        member: &str,
+        addr: &str,
+    ) -> Result<AgentControlClient<Channel>, PeerError> {
+        Ok(AgentControlClient::new(self.channel(member, addr)?)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES))
+    }
+
+    fn channel(&self, member: &str, addr: &str) -> Result<Channel, PeerError> {
         let mut map = match self.channels.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
@@ -104,9 +122,7 @@ impl Peers {
                 c
             }
         };
-        Ok(ShardServiceClient::new(channel)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES))
+        Ok(channel)
     }
 }
 

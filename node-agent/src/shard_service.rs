@@ -36,6 +36,12 @@ impl ShardServer {
             .observe_result("ShardService", method, started, r);
     }
 
+    /// Every request carries the caller's epoch; a newer one than ours means
+    /// we missed a map push, so we fetch it rather than wait for the next one.
+    fn saw_epoch(&self, epoch: u64) {
+        crate::map_catchup::observe_epoch(&self.node, epoch);
+    }
+
     fn check_write_epoch(&self, epoch: u64) -> Result<(), Status> {
         let mine = self.node.cluster.epoch();
         if epoch < mine {
@@ -83,6 +89,7 @@ impl ShardService for ShardServer {
             let first = stream.message().await?.ok_or_else(|| {
                 Status::invalid_argument("empty PutShard stream: send the header first")
             })?;
+            self.saw_epoch(first.epoch);
             self.check_write_epoch(first.epoch)?;
             let header = first.header.ok_or_else(|| {
                 Status::invalid_argument("first PutShard message must carry the header")
@@ -140,6 +147,7 @@ impl ShardService for ShardServer {
         let t = Instant::now();
         let r = async {
             let req = req.into_inner();
+            self.saw_epoch(req.epoch);
             let key = ShardKey::from_proto(req.id.as_ref()).map_err(key_status)?;
             let id = key.to_proto();
             let found = self.node.with_store(move |s| s.get_shard(&key)).await;
@@ -188,6 +196,7 @@ impl ShardService for ShardServer {
         let t = Instant::now();
         let r = async {
             let req = req.into_inner();
+            self.saw_epoch(req.epoch);
             self.check_write_epoch(req.epoch)?;
             let key = ShardKey::from_proto(req.id.as_ref()).map_err(key_status)?;
             let existed = self
@@ -209,6 +218,7 @@ impl ShardService for ShardServer {
         let t = Instant::now();
         let r = async {
             let req = req.into_inner();
+            self.saw_epoch(req.epoch);
             let after = match &req.after {
                 Some(id) => Some(ShardKey::from_proto(Some(id)).map_err(key_status)?),
                 None => None,
@@ -247,6 +257,7 @@ impl ShardService for ShardServer {
         let t = Instant::now();
         let r = async {
             let req = req.into_inner();
+            self.saw_epoch(req.epoch);
             self.check_write_epoch(req.epoch)?;
             let m = req
                 .manifest
@@ -279,6 +290,7 @@ impl ShardService for ShardServer {
         let t = Instant::now();
         let r = async {
             let req = req.into_inner();
+            self.saw_epoch(req.epoch);
             let manifest = self
                 .node
                 .with_store(move |s| s.get_manifest(&req.pool, &req.bucket, &req.key))
@@ -298,6 +310,7 @@ impl ShardService for ShardServer {
         let t = Instant::now();
         let r = async {
             let req = req.into_inner();
+            self.saw_epoch(req.epoch);
             let limit = match req.limit {
                 0 => 1000,
                 n => n.min(MAX_LIST),
