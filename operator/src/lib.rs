@@ -1,8 +1,14 @@
 //! The operator's one job: decide who stores what, and publish it as versioned cluster maps.
 //!
-//! Membership states, pool specs and the previous map go in; the next `ClusterMap` comes out.
-//! The deciding part lives in [`cluster_map`] and is pure, so every rule about epochs and
-//! placement can be tested without a Kubernetes API server; the controllers that watch
-//! resources and push maps to agents only feed it and deliver its output.
+//! The deciding parts are pure and tested without a Kubernetes API server:
+//! [`cluster_map`] (epochs and placement), [`membership`] (phases from Leases) and
+//! [`pool_status`] (conditions). [`controller`] feeds them from the API server, persists the
+//! map through [`map_store`] before any agent sees it, and delivers it with [`agents`].
 
+pub mod agents;
 pub mod cluster_map;
+pub mod controller;
+pub mod map_store;
+pub mod membership;
+pub mod metrics;
+pub mod pool_status;
