@@ -174,7 +174,9 @@ fn validate_member(spec: &MemberSpec) -> Result<(), MapError> {
 /// that peers can still read from them, but take part in placement with weight 0, so that
 /// their positions move elsewhere. A pool that cannot be placed, for instance with fewer
 /// failure domains than `k+m`, gets no acting sets and says why in `unplaceable_reason`,
-/// without holding back the other pools.
+/// without holding back the other pools; but a pool that *was* placed keeps its previous
+/// acting sets when it can no longer be re-placed, with the OUT members they name listed as
+/// DOWN, so that losing one domain too many degrades the pool instead of unmapping it.
 pub fn next_map(
     previous: Option<&ClusterMap>,
     members: &[MemberSpec],
@@ -226,6 +228,44 @@ pub fn next_map(
         .map(|spec| pool_map(spec, &candidates, previous))
         .collect();
 
+    // Acting sets kept from the previous map (see `pool_map`) may name members that are now
+    // OUT or gone. They stay listed, as DOWN, because their positions still point at them and
+    // agents refuse a map naming unknown members.
+    let mut member_infos = member_infos;
+    let listed_ids: BTreeSet<String> = member_infos.iter().map(|m| m.id.clone()).collect();
+    let kept: BTreeSet<&String> = pool_maps
+        .iter()
+        .flat_map(|p| p.pgs.iter())
+        .flat_map(|set| set.members.iter())
+        .filter(|id| !listed_ids.contains(*id))
+        .collect();
+    for id in kept {
+        let info = members
+            .iter()
+            .find(|m| &m.id == id)
+            .map(|m| MemberInfo {
+                id: m.id.clone(),
+                endpoint: m.endpoint.clone(),
+                failure_domain: m.failure_domain.clone(),
+                capacity_bytes: m.capacity_bytes,
+                state: MemberState::Down as i32,
+            })
+            .or_else(|| {
+                previous?
+                    .members
+                    .iter()
+                    .find(|m| &m.id == id)
+                    .map(|m| MemberInfo {
+                        state: MemberState::Down as i32,
+                        ..m.clone()
+                    })
+            });
+        if let Some(info) = info {
+            member_infos.push(info);
+        }
+    }
+    member_infos.sort_by(|a, b| a.id.cmp(&b.id));
+
     if let Some(prev) = previous {
         if prev.members == member_infos && prev.pools == pool_maps {
             return Ok(prev.clone());
@@ -275,7 +315,20 @@ fn pool_map(spec: &PoolSpec, candidates: &[Member], previous: Option<&ClusterMap
                 .collect(),
             String::new(),
         ),
-        Err(e) => (Vec::new(), e.to_string()),
+        // A pool that was placed and can no longer be re-placed (its members' failure domains
+        // fell below k+m) keeps its acting sets: the shards are still where they were and every
+        // stripe stays readable from the members left. Dropping the sets would make all of the
+        // pool's data unreachable over what may be one lost machine.
+        Err(e) => match hint {
+            Some(h) if h.acting_sets.len() == spec.pg_count as usize => (
+                h.acting_sets
+                    .into_iter()
+                    .map(|members| ActingSet { members })
+                    .collect(),
+                String::new(),
+            ),
+            _ => (Vec::new(), e.to_string()),
+        },
     };
     PoolMap {
         name: spec.name.clone(),

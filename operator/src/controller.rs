@@ -30,10 +30,11 @@ use potluck_proto::v1::ClusterMap;
 
 use crate::agents::Agents;
 use crate::cluster_map::{next_map, MapError, MemberSpec, PoolSpec};
-use crate::map_store::{MapStore, StoreError, Stored};
+use crate::map_store::{MapStore, Recovering, StoreError, Stored};
 use crate::membership::{map_state, next_phase, RenewalClock, Timing};
 use crate::metrics::Metrics;
 use crate::pool_status::{pool_status, transitions, AgentReport, PoolInputs};
+use crate::recovering;
 
 /// Held by every StoragePool so that deleting one first takes it out of the map.
 pub const FINALIZER: &str = "potluck.dev/cluster-map";
@@ -102,6 +103,7 @@ struct Fleet {
 /// What a fleet pass leaves for the pool being reconciled.
 struct Snapshot {
     map: Option<ClusterMap>,
+    recovering: Recovering,
     reports: HashMap<String, AgentReport>,
     tick: Duration,
 }
@@ -234,7 +236,11 @@ impl Context {
         let next = next_map(previous, &members, &specs, now_ms)?;
         if previous.map(|m| m.epoch) != Some(next.epoch) {
             let rv = fleet.stored.as_ref().map(|s| s.resource_version.clone());
-            let saved = self.store.save(&next, rv.as_deref()).await;
+            let pending = match &fleet.stored {
+                Some(st) => recovering::after_publish(&st.recovering, &st.map, &next),
+                None => Recovering::new(),
+            };
+            let saved = self.store.save(&next, &pending, rv.as_deref()).await;
             if matches!(saved, Err(StoreError::Conflict)) {
                 // Someone else published: start over from what is stored.
                 fleet.loaded = false;
@@ -263,7 +269,11 @@ impl Context {
                 "an agent runs a newer map than the stored one; adopting it so no epoch is reused"
             );
             let rv = fleet.stored.as_ref().map(|s| s.resource_version.clone());
-            let saved = self.store.save(&newer, rv.as_deref()).await;
+            let pending = match &fleet.stored {
+                Some(st) => recovering::after_publish(&st.recovering, &st.map, &newer),
+                None => Recovering::new(),
+            };
+            let saved = self.store.save(&newer, &pending, rv.as_deref()).await;
             if matches!(saved, Err(StoreError::Conflict)) {
                 fleet.loaded = false;
             }
@@ -349,6 +359,11 @@ impl Context {
 
         Ok(Snapshot {
             map: fleet.stored.as_ref().map(|s| s.map.clone()),
+            recovering: fleet
+                .stored
+                .as_ref()
+                .map(|s| s.recovering.clone())
+                .unwrap_or_default(),
             reports: fleet.reports.clone(),
             tick: (timing.down_after / 3).clamp(Duration::from_secs(1), Duration::from_secs(10)),
         })
@@ -496,6 +511,7 @@ async fn apply_pool(pool: Arc<StoragePool>, ctx: &Context) -> Result<Action, Err
             generation: pool.metadata.generation,
             spec: checked.as_ref().map(|_| ()),
             map: snap.map.as_ref(),
+            recovering: snap.recovering.get(&name),
             reports: &snap.reports,
             now: Time(Timestamp::now()),
         },

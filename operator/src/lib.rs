@@ -12,3 +12,4 @@ pub mod map_store;
 pub mod membership;
 pub mod metrics;
 pub mod pool_status;
+pub mod recovering;

@@ -7,7 +7,7 @@
 //! write carries the `resourceVersion` it was computed from: two operators racing (a leader
 //! change mid-reconcile) cannot both publish epoch N; the loser gets a conflict and recomputes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::ByteString;
@@ -20,6 +20,12 @@ use prost::Message;
 pub const CONFIG_MAP: &str = "potluck-cluster-map";
 const MAP_KEY: &str = "map.pb";
 const EPOCH_KEY: &str = "epoch";
+const RECOVERING_KEY: &str = "recovering.json";
+
+/// PGs per pool whose acting set gained a member since they were last complete: the new
+/// member has no shards for them until recovery copies them there. Kept with the map, in the
+/// same write, so that an operator restart cannot forget that data still has to move.
+pub type Recovering = BTreeMap<String, BTreeSet<u32>>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -42,6 +48,7 @@ pub enum StoreError {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Stored {
     pub map: ClusterMap,
+    pub recovering: Recovering,
     pub resource_version: String,
 }
 
@@ -71,8 +78,15 @@ impl MapStore {
             .ok_or_else(|| StoreError::Corrupt(format!("no {MAP_KEY} key")))?;
         let map = ClusterMap::decode(bytes.0.as_slice())
             .map_err(|e| StoreError::Corrupt(format!("{MAP_KEY} does not decode: {e}")))?;
+        let recovering = match cm.data.as_ref().and_then(|d| d.get(RECOVERING_KEY)) {
+            None => Recovering::new(),
+            Some(text) => serde_json::from_str(text).map_err(|e| {
+                StoreError::Corrupt(format!("{RECOVERING_KEY} does not parse: {e}"))
+            })?,
+        };
         Ok(Some(Stored {
             map,
+            recovering,
             resource_version,
         }))
     }
@@ -82,8 +96,11 @@ impl MapStore {
     pub async fn save(
         &self,
         map: &ClusterMap,
+        recovering: &Recovering,
         previous: Option<&str>,
     ) -> Result<Stored, StoreError> {
+        let recovering_json = serde_json::to_string(recovering)
+            .map_err(|e| StoreError::Corrupt(format!("cannot write {RECOVERING_KEY}: {e}")))?;
         let cm = ConfigMap {
             metadata: ObjectMeta {
                 name: Some(CONFIG_MAP.into()),
@@ -95,10 +112,10 @@ impl MapStore {
                 ..Default::default()
             },
             // The epoch in plain text, for people reading it with kubectl.
-            data: Some(BTreeMap::from([(
-                EPOCH_KEY.to_owned(),
-                map.epoch.to_string(),
-            )])),
+            data: Some(BTreeMap::from([
+                (EPOCH_KEY.to_owned(), map.epoch.to_string()),
+                (RECOVERING_KEY.to_owned(), recovering_json),
+            ])),
             binary_data: Some(BTreeMap::from([(
                 MAP_KEY.to_owned(),
                 ByteString(map.encode_to_vec()),
@@ -122,6 +139,7 @@ impl MapStore {
         })?;
         Ok(Stored {
             map: map.clone(),
+            recovering: recovering.clone(),
             resource_version,
         })
     }
@@ -159,6 +177,10 @@ mod tests {
             pools: vec![],
             created_unix_ms: 5,
         }
+    }
+
+    fn pending() -> Recovering {
+        Recovering::from([("media".to_owned(), BTreeSet::from([5, 3]))])
     }
 
     fn json(status: u16, body: serde_json::Value) -> Response<Body> {
@@ -207,15 +229,23 @@ mod tests {
             // The replace names the version it was computed from: that is the lock.
             assert_eq!(body["metadata"]["resourceVersion"], "100");
             assert_eq!(body["data"]["epoch"], "2");
+            assert_eq!(body["data"]["recovering.json"], r#"{"media":[3,5]}"#);
             let mut replaced = body.clone();
             replaced["metadata"]["resourceVersion"] = "101".into();
             send.send_response(json(200, replaced));
         });
         assert_eq!(store.load().await.unwrap(), None);
-        let first = store.save(&sample(1), None).await.unwrap();
+        let first = store
+            .save(&sample(1), &Recovering::new(), None)
+            .await
+            .unwrap();
         assert_eq!(first.resource_version, "100");
-        let second = store.save(&sample(2), Some("100")).await.unwrap();
+        let second = store
+            .save(&sample(2), &pending(), Some("100"))
+            .await
+            .unwrap();
         assert_eq!(second.resource_version, "101");
+        assert_eq!(second.recovering, pending());
         server.await.unwrap();
     }
 
@@ -231,7 +261,10 @@ mod tests {
                     "message": "the object has been modified"}),
             ));
         });
-        let err = store.save(&sample(3), Some("7")).await.unwrap_err();
+        let err = store
+            .save(&sample(3), &Recovering::new(), Some("7"))
+            .await
+            .unwrap_err();
         assert!(matches!(err, StoreError::Conflict), "{err}");
         server.await.unwrap();
     }

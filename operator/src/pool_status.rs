@@ -3,7 +3,7 @@
 //! Pure, so that every condition transition can be tested without an API server; the
 //! controller only writes the result when it differs from what is stored.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use potluck_api::condition::{self, DEGRADED, PROGRESSING, READY};
@@ -26,6 +26,8 @@ pub struct PoolInputs<'a> {
     /// The spec check's verdict; an invalid pool is kept out of the map.
     pub spec: Result<(), &'a SpecError>,
     pub map: Option<&'a ClusterMap>,
+    /// PGs of this pool whose new members do not hold their shards yet.
+    pub recovering: Option<&'a BTreeSet<u32>>,
     pub reports: &'a HashMap<String, AgentReport>,
     pub now: Time,
 }
@@ -140,9 +142,12 @@ pub fn pool_status(previous: &StoragePoolStatus, inputs: &PoolInputs<'_>) -> Sto
     let (clean, short_of_quorum) = if pool.unplaceable_reason.is_empty() {
         let mut clean = 0usize;
         let mut short = 0usize;
-        for set in &pool.pgs {
+        for (i, set) in pool.pgs.iter().enumerate() {
             let live = set.members.iter().filter(|m| up(m)).count();
-            if live == set.members.len() {
+            let pending = u32::try_from(i)
+                .ok()
+                .is_some_and(|pg| inputs.recovering.is_some_and(|r| r.contains(&pg)));
+            if live == set.members.len() && !pending {
                 clean += 1;
             }
             if live < pool.write_quorum as usize {
@@ -206,13 +211,7 @@ pub fn pool_status(previous: &StoragePoolStatus, inputs: &PoolInputs<'_>) -> Sto
             DEGRADED,
             true,
             "MembersDown",
-            format!(
-                "{degraded} of {} PGs have a shard position on a member that is not up ({}); \
-                 they have less redundancy until the members return or are marked Out and \
-                 their shards rebuilt",
-                pool.pgs.len(),
-                down.join(", ")
-            ),
+            degraded_message(degraded, pool.pgs.len(), &down, inputs.recovering),
         )
     } else if degraded > 0 {
         cond(
@@ -279,6 +278,29 @@ pub fn pool_status(previous: &StoragePoolStatus, inputs: &PoolInputs<'_>) -> Sto
         PoolHealth::Healthy
     });
     status
+}
+
+fn degraded_message(
+    degraded: usize,
+    pgs: usize,
+    down: &[&str],
+    recovering: Option<&BTreeSet<u32>>,
+) -> String {
+    let mut why = Vec::new();
+    if !down.is_empty() {
+        why.push(format!("members not up: {}", down.join(", ")));
+    }
+    let moving = recovering.map_or(0, BTreeSet::len);
+    if moving > 0 {
+        why.push(format!(
+            "{moving} PGs have positions moved to members that do not hold their shards yet"
+        ));
+    }
+    format!(
+        "{degraded} of {pgs} PGs have less redundancy than k+m ({}); they are whole again when \
+         the members return, or once their shards are rebuilt on the members now named for them",
+        why.join("; ")
+    )
 }
 
 fn count(n: usize) -> i32 {
@@ -381,6 +403,7 @@ mod tests {
             generation: Some(1),
             spec: Ok(()),
             map,
+            recovering: None,
             reports,
             now: now(t),
         }
@@ -448,6 +471,22 @@ mod tests {
         let r = reports(&["a", "b", "c"], 7);
         let s = pool_status(&StoragePoolStatus::default(), &inputs(Some(&m), &r, 0));
         assert_eq!(cond(&s, READY).status, "True");
+        assert_eq!(s.health, Some(PoolHealth::Degraded));
+    }
+
+    #[test]
+    fn moved_positions_keep_the_pool_degraded_with_every_member_up() {
+        let m = map(&[("a", Up), ("b", Up), ("c", Up)], "");
+        let r = reports(&["a", "b", "c"], 7);
+        let pending = BTreeSet::from([1]);
+        let mut i = inputs(Some(&m), &r, 0);
+        i.recovering = Some(&pending);
+        let s = pool_status(&StoragePoolStatus::default(), &i);
+        assert_eq!((s.pgs_clean, s.pgs_degraded), (1, 1));
+        assert_eq!(cond(&s, DEGRADED).status, "True");
+        assert!(cond(&s, DEGRADED)
+            .message
+            .contains("do not hold their shards yet"));
         assert_eq!(s.health, Some(PoolHealth::Degraded));
     }
 

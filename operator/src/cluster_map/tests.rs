@@ -422,3 +422,36 @@ fn epoch_overflow_is_an_error_not_a_wrap() {
         Err(MapError::EpochExhausted(u64::MAX))
     );
 }
+
+#[test]
+fn a_pool_that_cannot_be_replaced_keeps_its_sets_and_lists_the_out_member_as_down() {
+    // Six members in six domains hold a 4+2 pool: losing one leaves five domains for six
+    // positions, so nothing can move. The data must stay mapped where it is.
+    let mut members = fleet(6, 6);
+    let first = map(None, &members, &[pool("media", 4, 2, 64)]);
+    let i = members.iter().position(|m| m.id == "node-03").unwrap_or(0);
+    members[i].state = MemberState::Out;
+    let second = map(Some(&first), &members, &[pool("media", 4, 2, 64)]);
+    let p = pool_of(&second, "media");
+    assert_eq!(p.unplaceable_reason, "");
+    assert_eq!(p.pgs, pool_of(&first, "media").pgs);
+    let listed = second
+        .members
+        .iter()
+        .find(|m| m.id == "node-03")
+        .expect("still listed");
+    assert_eq!(listed.state, MemberState::Down as i32);
+    assert_eq!(second.epoch, 2, "the state change is news");
+    let ids: Vec<&str> = second.members.iter().map(|m| m.id.as_str()).collect();
+    let mut sorted = ids.clone();
+    sorted.sort_unstable();
+    assert_eq!(ids, sorted);
+    // The same inputs again change nothing.
+    let third = map(Some(&second), &members, &[pool("media", 4, 2, 64)]);
+    assert_eq!(third.epoch, 2);
+    // A member deleted outright is still listed from the previous map.
+    members.remove(i);
+    let fourth = map(Some(&third), &members, &[pool("media", 4, 2, 64)]);
+    assert_eq!(fourth.epoch, 2);
+    assert_eq!(pool_of(&fourth, "media").pgs, pool_of(&first, "media").pgs);
+}
