@@ -123,6 +123,19 @@ pub struct FleetConfig {
     /// Leave false in tests: if the test process dies of Ctrl-C, the agents
     /// get it too instead of lingering.
     pub own_process_group: bool,
+    /// `Some`: agents run in Kubernetes mode (register a StorageNode, renew a Lease) and the
+    /// operator publishes the maps; the fleet then never builds or pushes one itself.
+    pub kubernetes: Option<KubeAgents>,
+}
+
+/// How agents reach the API server in Kubernetes mode.
+#[derive(Clone, Debug)]
+pub struct KubeAgents {
+    pub kubeconfig: PathBuf,
+    /// Namespace of the agents' Leases.
+    pub namespace: String,
+    /// Seconds a Lease lasts; agents renew every third of it.
+    pub lease_duration_secs: u64,
 }
 
 impl FleetConfig {
@@ -144,6 +157,7 @@ impl FleetConfig {
             ready_timeout: Duration::from_secs(60),
             stop_timeout: Duration::from_secs(20),
             own_process_group: false,
+            kubernetes: None,
         }
     }
 
@@ -220,6 +234,7 @@ impl fmt::Debug for FleetConfig {
             .field("ready_timeout", &self.ready_timeout)
             .field("stop_timeout", &self.stop_timeout)
             .field("own_process_group", &self.own_process_group)
+            .field("kubernetes", &self.kubernetes)
             .finish()
     }
 }
@@ -427,9 +442,11 @@ impl Fleet {
         for (i, result) in results.into_iter().enumerate() {
             fleet.take_ready(i, result).await?;
         }
-        let previous = fleet.newest_agent_map().await;
-        fleet.map = fleet.build_map(previous.as_ref())?;
-        fleet.push_current().await?;
+        if fleet.cfg.kubernetes.is_none() {
+            let previous = fleet.newest_agent_map().await;
+            fleet.map = fleet.build_map(previous.as_ref())?;
+            fleet.push_current().await?;
+        }
         Ok(fleet)
     }
 
@@ -487,6 +504,15 @@ impl Fleet {
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
             .kill_on_drop(true);
+        if let Some(kube) = &cfg.kubernetes {
+            command
+                .arg("--kubernetes")
+                .arg("--namespace")
+                .arg(&kube.namespace)
+                .arg("--lease-duration-secs")
+                .arg(kube.lease_duration_secs.to_string())
+                .env("KUBECONFIG", &kube.kubeconfig);
+        }
         #[cfg(unix)]
         if cfg.own_process_group {
             command.process_group(0);
@@ -629,6 +655,13 @@ impl Fleet {
     /// Builds the next map epoch from the current members (addresses and
     /// states as they are now) and pushes it to every running agent.
     pub async fn push_map(&mut self) -> Result<&ClusterMap, FleetError> {
+        if self.cfg.kubernetes.is_some() {
+            return Err(FleetError::Config(
+                "in Kubernetes mode the operator publishes maps; change StorageNodes or \
+                 StoragePools instead"
+                    .into(),
+            ));
+        }
         let next = self.build_map(Some(&self.map))?;
         self.map = next;
         self.push_current().await?;
@@ -773,7 +806,9 @@ impl Fleet {
         let log = self.agents[index].log_path.clone();
         let result = wait_ready(stdout, log, deadline).await;
         self.take_ready(index, result).await?;
-        self.push_map().await?;
+        if self.cfg.kubernetes.is_none() {
+            self.push_map().await?;
+        }
         Ok(())
     }
 

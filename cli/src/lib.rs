@@ -4,6 +4,7 @@
 
 pub mod address;
 pub mod client;
+pub mod dev_cluster;
 pub mod exit;
 pub mod fleet;
 pub mod human;

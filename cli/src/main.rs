@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use potluck_cli::address::{parse_range, BucketPrefix, ObjectAddr};
 use potluck_cli::client::{ByteRange, Client, ClientError, ClientOptions};
+use potluck_cli::dev_cluster::{DevCluster, DevClusterConfig};
 use potluck_cli::exit;
 use potluck_cli::fleet::{find_agent_bin, Fleet, FleetConfig, FleetError};
 use potluck_cli::human::{format_size, format_unix_ms, format_unix_ms_short, parse_size};
@@ -128,6 +129,35 @@ struct DevUpArgs {
     /// Agent i serves gRPC on P+i and metrics on P+100+i; 0 picks free ports
     #[arg(long, default_value_t = 7100, value_name = "P")]
     base_port: u16,
+    /// Run the whole system against this API server: install the CRDs, start the operator,
+    /// run the agents in Kubernetes mode and create the pool (`scripts/fleet.sh` starts a
+    /// local control plane and passes its kubeconfig here)
+    #[arg(long, value_name = "PATH")]
+    kubeconfig: Option<PathBuf>,
+}
+
+/// A running dev fleet: agents with maps pushed by the CLI, or the whole system with the
+/// operator publishing maps.
+enum Running {
+    Plain(Box<Fleet>),
+    Kube(Box<DevCluster>),
+}
+
+impl Running {
+    fn fleet(&mut self) -> &mut Fleet {
+        match self {
+            Running::Plain(f) => f,
+            Running::Kube(c) => &mut c.fleet,
+        }
+    }
+
+    async fn shutdown(self) -> Result<()> {
+        match self {
+            Running::Plain(f) => f.shutdown().await?,
+            Running::Kube(c) => c.shutdown().await?,
+        }
+        Ok(())
+    }
 }
 
 fn main() -> ExitCode {
@@ -510,16 +540,40 @@ async fn dev_up(args: DevUpArgs) -> Result<()> {
         format_size(args.capacity),
         args.dir.display()
     );
-    let fleet = tokio::select! {
-        fleet = Fleet::start(cfg) => fleet?,
+    let start = async {
+        Ok::<_, anyhow::Error>(match &args.kubeconfig {
+            None => Running::Plain(Box::new(Fleet::start(cfg).await?)),
+            Some(kubeconfig) => {
+                eprintln!(
+                    "installing the CRDs and starting the operator against {} ...",
+                    kubeconfig.display()
+                );
+                let cluster = DevCluster::start(DevClusterConfig::new(cfg, kubeconfig)).await?;
+                Running::Kube(Box::new(cluster))
+            }
+        })
+    };
+    let running = tokio::select! {
+        running = start => running?,
         _ = signals.recv() => {
             // Dropping the half-started fleet kills its agents.
             eprintln!("interrupted; stopped the agents started so far");
             return Ok(());
         }
     };
-    let mut fleet = fleet;
-    print_howto(&fleet, &args)?;
+    let mut running = running;
+    let epoch = match &running {
+        Running::Plain(f) => f.map().epoch,
+        Running::Kube(c) => c
+            .pools()
+            .get("default")
+            .await
+            .ok()
+            .and_then(|p| p.status)
+            .map_or(0, |s| u64::try_from(s.map_epoch).unwrap_or(0)),
+    };
+    print_howto(running.fleet(), &args, epoch)?;
+    let fleet = running.fleet();
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
@@ -540,14 +594,14 @@ async fn dev_up(args: DevUpArgs) -> Result<()> {
     }
     eprintln!("stopping agents (Ctrl-C again to kill them) ...");
     tokio::select! {
-        result = fleet.shutdown() => result?,
+        result = running.shutdown() => result?,
         _ = signals.recv() => eprintln!("killed the agents"),
     }
     eprintln!("stopped; data and logs are kept in {}", args.dir.display());
     Ok(())
 }
 
-fn print_howto(fleet: &Fleet, args: &DevUpArgs) -> Result<()> {
+fn print_howto(fleet: &Fleet, args: &DevUpArgs, epoch: u64) -> Result<()> {
     let endpoints = fleet.endpoints();
     let map = fleet.map();
     let first = fleet.grpc_addr(0);
@@ -559,7 +613,7 @@ fn print_howto(fleet: &Fleet, args: &DevUpArgs) -> Result<()> {
         args.m,
         format_size(args.chunk_size),
         args.pgs,
-        map.epoch
+        epoch
     ));
     out.push_str(&format!(
         "Data and logs: {} (agent-<i>/ and agent-<i>.log)\n\n",
@@ -596,6 +650,20 @@ fn print_howto(fleet: &Fleet, args: &DevUpArgs) -> Result<()> {
         "  curl -s http://{}/metrics | head\n",
         fleet.metrics_addr(0)
     ));
+    if let Some(kubeconfig) = &args.kubeconfig {
+        out.push_str(&format!(
+            "  kubectl --kubeconfig {} get storagepools,storagenodes -o wide\n",
+            kubeconfig.display()
+        ));
+        out.push_str(&format!(
+            "  kubectl --kubeconfig {} get events -A\n",
+            kubeconfig.display()
+        ));
+        out.push_str(&format!(
+            "Operator log: {}\n",
+            args.dir.join("operator.log").display()
+        ));
+    }
     out.push_str("\nCtrl-C stops the fleet; the data stays for the next `potluck dev up`.\n");
     out.push_str(&format!(
         "POTLUCK_FLEET_READY endpoints={}\n",

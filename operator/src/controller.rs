@@ -93,6 +93,8 @@ pub struct Context {
 
 #[derive(Default)]
 struct Fleet {
+    /// When the last pass ended, and the pause it asked for before the next one.
+    last_pass: Option<(Instant, Duration)>,
     loaded: bool,
     stored: Option<Stored>,
     clock: RenewalClock,
@@ -103,6 +105,8 @@ struct Fleet {
 /// What a fleet pass leaves for the pool being reconciled.
 struct Snapshot {
     map: Option<ClusterMap>,
+    /// Members that are Out yet still in the map, because no one can take their positions.
+    stuck: Vec<String>,
     recovering: Recovering,
     reports: HashMap<String, AgentReport>,
     tick: Duration,
@@ -357,7 +361,19 @@ impl Context {
             );
         }
 
+        let stuck: Vec<String> = match &fleet.stored {
+            Some(st) => phases
+                .iter()
+                .filter(|(_, _, phase, _, _)| *phase == NodePhase::Out)
+                .map(|(node, _, _, _, _)| node.name_any())
+                .filter(|id| st.map.members.iter().any(|m| &m.id == id))
+                .collect(),
+            None => Vec::new(),
+        };
+        let tick = (timing.down_after / 3).clamp(Duration::from_secs(1), Duration::from_secs(10));
+        fleet.last_pass = Some((Instant::now(), tick));
         Ok(Snapshot {
+            stuck,
             map: fleet.stored.as_ref().map(|s| s.map.clone()),
             recovering: fleet
                 .stored
@@ -365,7 +381,7 @@ impl Context {
                 .map(|s| s.recovering.clone())
                 .unwrap_or_default(),
             reports: fleet.reports.clone(),
-            tick: (timing.down_after / 3).clamp(Duration::from_secs(1), Duration::from_secs(10)),
+            tick,
         })
     }
 }
@@ -512,6 +528,7 @@ async fn apply_pool(pool: Arc<StoragePool>, ctx: &Context) -> Result<Action, Err
             spec: checked.as_ref().map(|_| ()),
             map: snap.map.as_ref(),
             recovering: snap.recovering.get(&name),
+            stuck: &snap.stuck,
             reports: &snap.reports,
             now: Time(Timestamp::now()),
         },
@@ -589,8 +606,31 @@ fn error_policy(pool: Arc<StoragePool>, error: &Error, _ctx: Arc<Context>) -> Ac
     Action::requeue(Duration::from_secs(5))
 }
 
+/// Keeps membership moving when no pool reconcile does: members register, renew and go
+/// silent whether or not a StoragePool exists yet, and their phases must follow.
+async fn membership_loop(ctx: Arc<Context>) {
+    loop {
+        let wait = {
+            let fleet = ctx.fleet.lock().await;
+            match fleet.last_pass {
+                Some((at, tick)) => tick.saturating_sub(at.elapsed()),
+                None => Duration::ZERO,
+            }
+        };
+        if wait.is_zero() {
+            if let Err(e) = ctx.sync_fleet(None).await {
+                tracing::warn!("membership pass failed, retrying: {e}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        } else {
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
 /// Runs the controller until the watch streams end.
 pub async fn run(ctx: Arc<Context>, concurrency: u16) {
+    tokio::spawn(membership_loop(ctx.clone()));
     let pools = Api::<StoragePool>::all(ctx.client.clone());
     let nodes = Api::<StorageNode>::all(ctx.client.clone());
     // The map keeps the operator's ConfigMap; read it once up front so a missing namespace or

@@ -28,6 +28,9 @@ pub struct PoolInputs<'a> {
     pub map: Option<&'a ClusterMap>,
     /// PGs of this pool whose new members do not hold their shards yet.
     pub recovering: Option<&'a BTreeSet<u32>>,
+    /// Members that are Out but still hold positions, because too few failure domains are left
+    /// to move them to.
+    pub stuck: &'a [String],
     pub reports: &'a HashMap<String, AgentReport>,
     pub now: Time,
 }
@@ -211,7 +214,13 @@ pub fn pool_status(previous: &StoragePoolStatus, inputs: &PoolInputs<'_>) -> Sto
             DEGRADED,
             true,
             "MembersDown",
-            degraded_message(degraded, pool.pgs.len(), &down, inputs.recovering),
+            degraded_message(
+                degraded,
+                pool.pgs.len(),
+                &down,
+                inputs.recovering,
+                inputs.stuck,
+            ),
         )
     } else if degraded > 0 {
         cond(
@@ -285,6 +294,7 @@ fn degraded_message(
     pgs: usize,
     down: &[&str],
     recovering: Option<&BTreeSet<u32>>,
+    stuck: &[String],
 ) -> String {
     let mut why = Vec::new();
     if !down.is_empty() {
@@ -296,11 +306,19 @@ fn degraded_message(
             "{moving} PGs have positions moved to members that do not hold their shards yet"
         ));
     }
-    format!(
+    let mut text = format!(
         "{degraded} of {pgs} PGs have less redundancy than k+m ({}); they are whole again when \
          the members return, or once their shards are rebuilt on the members now named for them",
         why.join("; ")
-    )
+    );
+    if !stuck.is_empty() {
+        text.push_str(&format!(
+            ". {} Out but still in the map: the members left span too few failure domains to \
+             take over its positions; bring it back or add members in new failure domains",
+            stuck.join(", ")
+        ));
+    }
+    text
 }
 
 fn count(n: usize) -> i32 {
@@ -404,6 +422,7 @@ mod tests {
             spec: Ok(()),
             map,
             recovering: None,
+            stuck: &[],
             reports,
             now: now(t),
         }
@@ -451,6 +470,13 @@ mod tests {
         assert_eq!(cond(&s, DEGRADED).status, "True");
         assert!(cond(&s, DEGRADED).message.contains('d'));
         assert_eq!(cond(&s, READY).reason, "QuorumLost");
+        let stuck = ["d".to_string()];
+        let mut i = inputs(Some(&m), &r, 60);
+        i.stuck = &stuck;
+        let with_stuck = pool_status(&healthy, &i);
+        assert!(cond(&with_stuck, DEGRADED)
+            .message
+            .contains("d Out but still in the map"));
         assert_eq!(s.health, Some(PoolHealth::Unavailable));
         assert_eq!(s.capacity_bytes, 300);
         // The Ready transition time moved; Progressing's did not.
