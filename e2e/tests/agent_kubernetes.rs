@@ -7,6 +7,8 @@
 //! - Without a Node it falls back to --failure-domain, keeps its Lease
 //!   renewed (and counts it on /metrics), and brings back a deleted
 //!   StorageNode.
+//! - The agent acts as its ServiceAccount with deploy/10-rbac.yaml applied,
+//!   so these tests also prove that RBAC grants all it uses.
 //! - An agent that missed a map push fetches the newer map from a peer once
 //!   a request carries the newer epoch; an epoch nobody has changes nothing.
 
@@ -26,6 +28,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 const NS: &str = "potluck-system";
+const AGENT_SA: &str = "system:serviceaccount:potluck-system:potluck-agent";
 
 /// An agent process; killed when dropped, so a failing test leaves none behind.
 struct AgentProc {
@@ -130,8 +133,34 @@ fn control_plane(dir: &Path) -> ControlPlane {
         ],
         None,
     );
-    cp.kubectl_ok(&["create", "namespace", NS], None);
+    for file in ["deploy/00-namespace.yaml", "deploy/10-rbac.yaml"] {
+        let path = repo_root().join(file);
+        cp.kubectl_ok(&["apply", "-f", path.to_str().expect("utf-8 path")], None);
+    }
     cp
+}
+
+/// A kubeconfig that acts as the agent's ServiceAccount, so the agent gets
+/// no more than deploy/10-rbac.yaml grants it.
+fn agent_kubeconfig(cp: &ControlPlane) -> PathBuf {
+    let admin = std::fs::read_to_string(&cp.kubeconfig).expect("read kubeconfig");
+    let mut out = String::new();
+    for line in admin.lines() {
+        out.push_str(line);
+        out.push('\n');
+        if line.trim_start().starts_with("token:") {
+            let indent = &line[..line.len() - line.trim_start().len()];
+            out.push_str(&format!("{indent}as: {AGENT_SA}\n"));
+        }
+    }
+    assert!(
+        out.contains(AGENT_SA),
+        "no token in {}",
+        cp.kubeconfig.display()
+    );
+    let path = cp.dir.join("agent-kubeconfig");
+    std::fs::write(&path, out).expect("write agent kubeconfig");
+    path
 }
 
 fn get_json(cp: &ControlPlane, args: &[&str]) -> Value {
@@ -186,7 +215,7 @@ async fn storage_node_comes_from_the_node_and_a_persons_drain_survives_restart()
         "3",
     ]);
     let log = dir.path().join("agent.log");
-    let agent = AgentProc::start(&agent_args, Some(&cp.kubeconfig), &log).await;
+    let agent = AgentProc::start(&agent_args, Some(&agent_kubeconfig(&cp)), &log).await;
     assert_eq!(agent.ready.id, "worker-1");
 
     let node = get_json(&cp, &["storagenode", "worker-1"]);
@@ -232,7 +261,7 @@ async fn storage_node_comes_from_the_node_and_a_persons_drain_survives_restart()
         None,
     );
     agent.kill().await;
-    let agent = AgentProc::start(&agent_args, Some(&cp.kubeconfig), &log).await;
+    let agent = AgentProc::start(&agent_args, Some(&agent_kubeconfig(&cp)), &log).await;
     let node = get_json(&cp, &["storagenode", "worker-1"]);
     assert_eq!(
         node["spec"]["endpoint"],
@@ -273,8 +302,12 @@ async fn lease_is_renewed_and_a_deleted_storage_node_comes_back() {
         "--lease-duration-secs",
         "3",
     ]);
-    let agent =
-        AgentProc::start(&agent_args, Some(&cp.kubeconfig), &dir.path().join("a.log")).await;
+    let agent = AgentProc::start(
+        &agent_args,
+        Some(&agent_kubeconfig(&cp)),
+        &dir.path().join("a.log"),
+    )
+    .await;
 
     let node = get_json(&cp, &["storagenode", "member-x"]);
     assert_eq!(node["spec"]["failureDomain"], "rack-7", "{node:#}");

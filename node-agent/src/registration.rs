@@ -74,15 +74,14 @@ pub enum RegistrationError {
     #[error("lease duration must be between 1 and {max} seconds, not {secs}", max = i32::MAX)]
     BadLeaseDuration { secs: u64 },
     #[error(
-        "could not {what} within {secs} s: {source}. Check that KUBECONFIG (or the pod's service \
+        "could not {what} within {secs} s: {detail}. Check that KUBECONFIG (or the pod's service \
          account) reaches the API server, that deploy/crds.yaml is applied, and that the agent's \
-         RBAC (deploy/rbac.yaml) allows it"
+         RBAC (deploy/10-rbac.yaml) allows it"
     )]
     Api {
         what: String,
         secs: u64,
-        #[source]
-        source: kube::Error,
+        detail: String,
     },
 }
 
@@ -371,7 +370,8 @@ impl Registration {
                 tracing::warn!(
                     lease = %lease_name(&self.settings.member_id),
                     namespace = %self.settings.namespace,
-                    "renewing the Lease failed, retrying at the next tick: {e}"
+                    "renewing the Lease failed, retrying at the next tick: {}",
+                    describe(&e)
                 );
                 false
             }
@@ -397,11 +397,22 @@ impl Registration {
                 if let Err(e) = self.apply_storage_node().await {
                     tracing::warn!(
                         member = %self.settings.member_id,
-                        "re-applying the StorageNode failed, retrying later: {e}"
+                        "re-applying the StorageNode failed, retrying later: {}",
+                        describe(&e)
                     );
                 }
             }
         }
+    }
+}
+
+/// An API error in one line: kube's own rendering repeats the whole status.
+pub fn describe(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) if !s.message.is_empty() => {
+            format!("{} ({}, HTTP {})", s.message, s.reason, s.code)
+        }
+        other => other.to_string(),
     }
 }
 
@@ -429,10 +440,13 @@ where
             return Err(RegistrationError::Api {
                 what: what.to_string(),
                 secs: settings.startup_timeout.as_secs(),
-                source: err,
+                detail: describe(&err),
             });
         }
-        tracing::warn!("could not {what}, retrying in {pause:?}: {err}");
+        tracing::warn!(
+            "could not {what}, retrying in {pause:?}: {}",
+            describe(&err)
+        );
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(MAX_BACKOFF);
     }
@@ -577,6 +591,14 @@ mod tests {
             Duration::from_secs(1)
         );
         assert!(renew_interval(Duration::from_secs(1)) >= Duration::from_millis(200));
+    }
+
+    #[test]
+    fn api_errors_read_in_one_line() {
+        let e = kube::Error::Api(Box::new(
+            kube::core::Status::failure("leases is forbidden", "Forbidden").with_code(403),
+        ));
+        assert_eq!(describe(&e), "leases is forbidden (Forbidden, HTTP 403)");
     }
 
     #[test]
