@@ -118,8 +118,8 @@ pub struct DevCluster {
 }
 
 impl DevCluster {
-    /// Installs the CRDs and the namespace, starts the operator and the agents, waits until
-    /// every agent is Up, then creates the pool and waits until it is Ready. On error, what
+    /// Installs the CRDs, the namespace and the pool, starts the agents and then the operator,
+    /// and waits until every agent is Up and the pool is Ready. On error, what
     /// was started is stopped again (the processes are killed on drop).
     pub async fn start(cfg: DevClusterConfig) -> Result<DevCluster, DevClusterError> {
         let client = client_for(&cfg.kubeconfig).await?;
@@ -139,6 +139,21 @@ impl DevCluster {
             )
             .await
             .map_err(kube_err("creating the namespace"))?;
+
+        // The pool exists before the operator's first pass, so that its first map already
+        // places it on every member (agents register before they report ready), instead of
+        // placing it on whoever registered first and moving positions as the rest arrive.
+        if let Some((name, spec)) = &cfg.pool {
+            let pool = StoragePool::new(name, spec.clone());
+            Api::<StoragePool>::all(client.clone())
+                .patch(
+                    name,
+                    &PatchParams::apply(FIELD_MANAGER).force(),
+                    &Patch::Apply(&pool),
+                )
+                .await
+                .map_err(kube_err("creating the pool"))?;
+        }
 
         let mut fleet_cfg = cfg.fleet.clone();
         fleet_cfg.kubernetes = Some(KubeAgents {
@@ -167,17 +182,7 @@ impl DevCluster {
                         .all(|n| n.status.as_ref().and_then(|s| s.phase) == Some(NodePhase::Up))
             })
             .await?;
-        if let Some((name, spec)) = cluster.cfg.pool.clone() {
-            let pool = StoragePool::new(&name, spec);
-            cluster
-                .pools()
-                .patch(
-                    &name,
-                    &PatchParams::apply(FIELD_MANAGER).force(),
-                    &Patch::Apply(&pool),
-                )
-                .await
-                .map_err(kube_err("creating the pool"))?;
+        if let Some((name, _)) = cluster.cfg.pool.clone() {
             cluster
                 .wait_pool(
                     &name,

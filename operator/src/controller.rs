@@ -26,7 +26,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use potluck_api::condition::{self, DEGRADED, READY};
 use potluck_api::pool::{DEFAULT_DOWN_AFTER, DEFAULT_OUT_AFTER};
 use potluck_api::{NodePhase, StorageNode, StorageNodeStatus, StoragePool};
-use potluck_proto::v1::ClusterMap;
+use potluck_proto::v1::{ClusterMap, MemberInfo, MemberState};
 
 use crate::agents::Agents;
 use crate::cluster_map::{next_map, MapError, MemberSpec, PoolSpec};
@@ -175,6 +175,33 @@ impl Context {
             if let Some(s) = &fleet.stored {
                 tracing::info!(epoch = s.map.epoch, "loaded the published cluster map");
                 self.metrics.set_epoch(s.map.epoch);
+            }
+        }
+
+        if fleet.stored.is_none() && !nodes.is_empty() {
+            // No map was ever stored here (a new control plane, or the ConfigMap deleted), but
+            // agents that ran before keep theirs: start from the newest so that no epoch they
+            // have seen is minted again with other contents.
+            let probe = ClusterMap {
+                members: nodes
+                    .iter()
+                    .map(|n| MemberInfo {
+                        id: n.name_any(),
+                        endpoint: n.spec.endpoint.clone(),
+                        state: MemberState::Up as i32,
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            };
+            if let Some(newest) = self.agents.sync(&probe, &self.metrics).await.newer {
+                tracing::info!(
+                    epoch = newest.epoch,
+                    "no stored map; continuing from the newest map the agents hold"
+                );
+                let saved = self.store.save(&newest, &Recovering::new(), None).await?;
+                self.metrics.set_epoch(newest.epoch);
+                fleet.stored = Some(saved);
             }
         }
 
