@@ -25,7 +25,7 @@ use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use potluck_api::condition::{self, DEGRADED, READY};
 use potluck_api::pool::{DEFAULT_DOWN_AFTER, DEFAULT_OUT_AFTER};
-use potluck_api::{NodePhase, StorageNode, StorageNodeStatus, StoragePool};
+use potluck_api::{NodePhase, StorageNode, StorageNodeStatus, StoragePool, StoragePoolStatus};
 use potluck_proto::v1::{ClusterMap, MemberInfo, MemberState};
 
 use crate::agents::Agents;
@@ -560,12 +560,13 @@ async fn apply_pool(pool: Arc<StoragePool>, ctx: &Context) -> Result<Action, Err
             now: Time(Timestamp::now()),
         },
     );
-    if after != before {
-        let patch = serde_json::json!({ "status": after });
-        Api::<StoragePool>::all(ctx.client.clone())
-            .patch_status(&name, &PatchParams::apply(MANAGER), &Patch::Merge(&patch))
-            .await?;
-    }
+    write_pool_status(
+        &Api::<StoragePool>::all(ctx.client.clone()),
+        &name,
+        &before,
+        &after,
+    )
+    .await?;
     ctx.metrics
         .set_pgs(&name, after.pgs_clean, after.pgs_degraded);
     if after.map_epoch > before.map_epoch {
@@ -591,6 +592,23 @@ async fn apply_pool(pool: Arc<StoragePool>, ctx: &Context) -> Result<Action, Err
         ctx.event(&*pool, warn, &reason, c.message.clone()).await;
     }
     Ok(Action::requeue(snap.tick))
+}
+
+/// Writes a pool's status when it differs from the stored one, and only then: every write is
+/// a watch event that brings the pool back to the reconcile queue. Returns whether it wrote.
+async fn write_pool_status(
+    api: &Api<StoragePool>,
+    name: &str,
+    before: &StoragePoolStatus,
+    after: &StoragePoolStatus,
+) -> Result<bool, kube::Error> {
+    if after == before {
+        return Ok(false);
+    }
+    let patch = serde_json::json!({ "status": after });
+    api.patch_status(name, &PatchParams::apply(MANAGER), &Patch::Merge(&patch))
+        .await?;
+    Ok(true)
 }
 
 async fn cleanup_pool(pool: Arc<StoragePool>, ctx: &Context) -> Result<Action, Error> {
@@ -734,6 +752,132 @@ mod tests {
         let (_, timing, key) = placed_pools(&pools, None);
         assert_eq!(key, None);
         assert_eq!(timing, default_timing());
+    }
+
+    /// A healthy pool loses a member: the reconcile's status write is one merge patch of the
+    /// status subresource carrying the new conditions, and an unchanged status writes nothing.
+    #[tokio::test]
+    async fn a_condition_transition_is_written_once_to_the_status_subresource() {
+        use http::{Request, Response};
+        use kube::client::Body;
+        use potluck_proto::v1::{ActingSet, MemberInfo, PoolMap};
+        use std::collections::HashMap;
+
+        let members = |down: &str| -> Vec<MemberInfo> {
+            ["a", "b", "c"]
+                .iter()
+                .map(|id| MemberInfo {
+                    id: (*id).into(),
+                    endpoint: format!("{id}:7100"),
+                    failure_domain: (*id).into(),
+                    capacity_bytes: 1,
+                    state: if *id == down {
+                        MemberState::Down as i32
+                    } else {
+                        MemberState::Up as i32
+                    },
+                })
+                .collect()
+        };
+        let map = |epoch: u64, down: &str| ClusterMap {
+            epoch,
+            members: members(down),
+            pools: vec![PoolMap {
+                name: "photos".into(),
+                k: 1,
+                m: 2,
+                chunk_size: 4096,
+                pg_count: 1,
+                write_quorum: 2,
+                pgs: vec![ActingSet {
+                    members: vec!["a".into(), "b".into(), "c".into()],
+                }],
+                unplaceable_reason: String::new(),
+            }],
+            created_unix_ms: 0,
+        };
+        let reports: HashMap<String, AgentReport> = ["a", "b", "c"]
+            .iter()
+            .map(|id| {
+                (
+                    (*id).to_string(),
+                    AgentReport {
+                        epoch: 2,
+                        stored_bytes: 0,
+                        shard_count: 0,
+                        version: "0.1.0".into(),
+                    },
+                )
+            })
+            .collect();
+        let status = |m: &ClusterMap, before: &StoragePoolStatus| {
+            pool_status(
+                before,
+                &PoolInputs {
+                    name: "photos",
+                    generation: Some(1),
+                    spec: Ok(()),
+                    map: Some(m),
+                    recovering: None,
+                    stuck: &[],
+                    reports: &reports,
+                    now: Time(Timestamp::now()),
+                },
+            )
+        };
+        let healthy = status(&map(1, ""), &StoragePoolStatus::default());
+        let degraded = status(&map(2, "c"), &healthy);
+
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let api: Api<StoragePool> = Api::all(Client::new(service, "default"));
+        let server = tokio::spawn(async move {
+            let (req, send) = handle.next_request().await.expect("one PATCH");
+            assert_eq!(req.method(), "PATCH");
+            assert_eq!(
+                req.uri().path(),
+                "/apis/potluck.dev/v1alpha1/storagepools/photos/status"
+            );
+            assert_eq!(
+                req.headers()["content-type"],
+                "application/merge-patch+json"
+            );
+            assert!(req
+                .uri()
+                .query()
+                .unwrap_or("")
+                .contains("fieldManager=potluck-operator"));
+            let body = req.into_body().collect_bytes().await.expect("body");
+            let patch: serde_json::Value = serde_json::from_slice(&body).expect("json");
+            assert_eq!(patch["status"]["health"], "Degraded");
+            assert_eq!(patch["status"]["mapEpoch"], 2);
+            assert_eq!(patch["status"]["pgsDegraded"], 1);
+            let degraded_cond = patch["status"]["conditions"]
+                .as_array()
+                .expect("conditions")
+                .iter()
+                .find(|c| c["type"] == "Degraded")
+                .expect("Degraded condition")
+                .clone();
+            assert_eq!(degraded_cond["status"], "True");
+            assert_eq!(degraded_cond["reason"], "MembersDown");
+            let mut pool = StoragePool::new("photos", StoragePoolSpec::with_defaults(1, 2));
+            pool.status = serde_json::from_value(patch["status"].clone()).ok();
+            let bytes = serde_json::to_vec(&pool).expect("pool json");
+            send.send_response(
+                Response::builder()
+                    .status(200)
+                    .body(Body::from(bytes))
+                    .expect("response"),
+            );
+        });
+        assert!(write_pool_status(&api, "photos", &healthy, &degraded)
+            .await
+            .expect("patch"));
+        server.await.expect("server side");
+        // Nothing changed: no request at all (the mock has no one left to answer one).
+        assert!(!write_pool_status(&api, "photos", &degraded, &degraded)
+            .await
+            .expect("no-op"));
     }
 
     #[test]
