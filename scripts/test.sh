@@ -70,7 +70,7 @@ python_tests() {
 step "setup" bash scripts/setup.sh
 step "cargo fmt" cargo fmt --all -- --check
 step "cargo clippy" cargo clippy --release --workspace --all-targets -- -D warnings
-step "cargo build" cargo build --release --workspace --bins
+step "cargo build" cargo build --release --workspace --all-targets
 step "cargo test" cargo test --release --workspace
 step "python stubs" python_stubs
 step "python e2e" python_tests

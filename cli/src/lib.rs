@@ -9,3 +9,4 @@ pub mod exit;
 pub mod fleet;
 pub mod human;
 pub mod progress;
+pub mod status;

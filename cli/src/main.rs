@@ -15,6 +15,7 @@ use potluck_cli::exit;
 use potluck_cli::fleet::{find_agent_bin, Fleet, FleetConfig, FleetError};
 use potluck_cli::human::{format_size, format_unix_ms, format_unix_ms_short, parse_size};
 use potluck_cli::progress::TransferBar;
+use potluck_cli::status;
 use tokio::io::{AsyncRead, AsyncWriteExt};
 
 #[derive(Parser, Debug)]
@@ -89,6 +90,13 @@ enum Command {
         /// The object to describe, e.g. photos/2024/cat.jpg
         #[arg(value_name = "BUCKET/KEY")]
         object: ObjectAddr,
+    },
+    /// Show the fleet on one screen: members, their use, pools and their health.
+    /// Exits 4 when a pool is unavailable
+    Status {
+        /// Seconds to wait for each agent
+        #[arg(long, default_value_t = 3)]
+        timeout: u64,
     },
     /// Local development fleet
     Dev {
@@ -251,6 +259,16 @@ async fn run(cli: Cli) -> Result<()> {
     {
         return dev_up(args).await;
     }
+    if let Command::Status { timeout } = cli.command {
+        let fleet = status::fetch(&cli.endpoint, Duration::from_secs(timeout.max(1))).await?;
+        let mut stdout = std::io::stdout().lock();
+        stdout.write_all(status::render(&fleet).as_bytes())?;
+        stdout.flush()?;
+        if status::worst_health(&fleet) == potluck_api::PoolHealth::Unavailable {
+            std::process::exit(i32::from(exit::UNAVAILABLE));
+        }
+        return Ok(());
+    }
     let options = ClientOptions {
         pool: cli.pool.clone().unwrap_or_default(),
         ..ClientOptions::default()
@@ -270,7 +288,7 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Stat { object } => stat(&client, &object).await,
-        Command::Dev { .. } => unreachable!("handled above"),
+        Command::Dev { .. } | Command::Status { .. } => unreachable!("handled above"),
     }
 }
 

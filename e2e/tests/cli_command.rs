@@ -560,3 +560,64 @@ fn dev_up_runs_a_fleet_until_sigterm() {
         );
     }
 }
+
+/// `potluck status` reads the fleet from the agents: members with their use, the pool's health
+/// by the operator's rules; a dead member shows as not answering, and a pool whose write
+/// quorum is gone makes the command exit 4.
+#[tokio::test]
+async fn status_shows_members_pools_and_what_a_lost_member_costs() {
+    let mut fleet = start_fleet(&[]).await;
+    let endpoints = fleet.endpoints().join(",");
+    let mut c = object_client(&fleet.endpoint(0)).await;
+    put(&mut c, B, "status", &random_bytes(3 * MIB, 4))
+        .await
+        .expect("put");
+
+    let out = potluck(&endpoints, &["status"], None).await;
+    assert_success(&out);
+    let screen = text(&out.stdout);
+    let epoch = fleet.map().epoch;
+    assert!(
+        screen.starts_with(&format!(
+            "Fleet: map epoch {epoch}, 6 members (6 up), 1 pool"
+        )),
+        "{screen}"
+    );
+    for i in 0..6 {
+        let row = screen
+            .lines()
+            .find(|l| l.starts_with(&format!("{} ", fleet.id(i))))
+            .unwrap_or_else(|| panic!("no row for {}:\n{screen}", fleet.id(i)));
+        assert!(row.contains(" Up "), "{row}");
+    }
+    let pool = screen
+        .lines()
+        .find(|l| l.starts_with("default "))
+        .unwrap_or_else(|| panic!("no pool row:\n{screen}"));
+    assert!(pool.contains("4+2") && pool.ends_with("Healthy"), "{pool}");
+
+    // Two members die and are marked Down: every PG keeps 4 of 6, below the quorum of 5.
+    fleet.kill(4).await.expect("kill");
+    fleet.kill(5).await.expect("kill");
+    fleet.set_state(4, MemberState::Down).expect("state");
+    fleet.set_state(5, MemberState::Down).expect("state");
+    fleet.push_map().await.expect("push");
+    let out = potluck(&fleet.endpoints()[..4].join(","), &["status"], None).await;
+    assert_exit(&out, 4);
+    let screen = text(&out.stdout);
+    assert!(screen.contains("(4 up, 2 not answering)"), "{screen}");
+    let dead = screen
+        .lines()
+        .find(|l| l.starts_with(&format!("{} ", fleet.id(5))))
+        .unwrap_or_else(|| panic!("no row:\n{screen}"));
+    assert!(
+        dead.contains("Down") && dead.contains("not answering"),
+        "{dead}"
+    );
+    assert!(screen.contains("Unavailable"), "{screen}");
+    assert!(screen.contains("fewer than 5 members up"), "{screen}");
+
+    // Nothing answers: a clear error, exit 4.
+    let out = potluck("http://127.0.0.1:1", &["status", "--timeout", "1"], None).await;
+    assert_exit(&out, 4);
+}
