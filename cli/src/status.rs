@@ -133,6 +133,7 @@ fn reports(status: &FleetStatus) -> HashMap<String, AgentReport> {
                     stored_bytes: s.stored_bytes,
                     shard_count: s.shard_count,
                     version: s.version.clone(),
+                    clean_pgs: vec![],
                 },
             ))
         })
@@ -365,6 +366,7 @@ mod tests {
                         manifest_count: 1,
                         version: "0.1.0".into(),
                         uptime_seconds: 5,
+                        pgs: vec![],
                     })
                 };
                 ((*id).to_string(), r)

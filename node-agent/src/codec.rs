@@ -82,6 +82,15 @@ impl StripeCodec {
         Ok(())
     }
 
+    /// Rebuilds every missing shard, parity included, from any k present ones: what recovery
+    /// writes to a member that lost its shard.
+    pub fn reconstruct_all(&self, shards: &mut [Option<Vec<u8>>]) -> Result<(), CodecError> {
+        self.enough(shards)?;
+        self.rs
+            .reconstruct(shards)
+            .map_err(|e| CodecError::Internal(format!("{e:?}")))
+    }
+
     /// Rebuilds the missing data shards (`None`) from any k present shards.
     pub fn reconstruct_data(&self, shards: &mut [Option<Vec<u8>>]) -> Result<(), CodecError> {
         self.enough(shards)?;

@@ -74,6 +74,7 @@ impl AgentControl for Control {
             manifest_count: s.manifests,
             version: env!("CARGO_PKG_VERSION").to_string(),
             uptime_seconds: self.node.started.elapsed().as_secs(),
+            pgs: self.node.recovery.reports(),
         }))
     }
 }

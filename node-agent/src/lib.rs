@@ -16,6 +16,7 @@ pub mod map_catchup;
 pub mod metrics;
 pub mod node;
 pub mod peers;
+pub mod recovery;
 pub mod registration;
 pub mod server;
 pub mod shard_service;

@@ -47,6 +47,13 @@ struct Args {
     /// beyond it wait, which slows their clients instead of growing memory.
     #[arg(long, default_value = "256MiB", value_parser = parse_size)]
     put_memory: u64,
+    /// Seconds between checks of PGs that were clean when last checked; a new map epoch
+    /// starts a check at once.
+    #[arg(long, default_value_t = 300)]
+    recovery_interval_secs: u64,
+    /// Bytes per second recovery may write (rebuilt shards), e.g. 64MiB.
+    #[arg(long, default_value = "64MiB", value_parser = parse_size)]
+    recovery_bandwidth: u64,
     /// Register as a StorageNode and keep a Lease alive through the Kubernetes
     /// API (credentials from KUBECONFIG or the pod's service account).
     #[arg(long, env = "POTLUCK_KUBERNETES")]
@@ -140,6 +147,8 @@ async fn main() -> anyhow::Result<()> {
             gc_delay: Duration::from_secs(args.gc_delay_secs),
             stripes_in_flight: args.stripes_in_flight.max(1),
             put_memory_bytes: usize::try_from(args.put_memory).unwrap_or(usize::MAX),
+            recovery_interval: Duration::from_secs(args.recovery_interval_secs.max(1)),
+            recovery_bandwidth: args.recovery_bandwidth.max(1),
             ..Tuning::default()
         },
     };

@@ -34,6 +34,11 @@ pub struct Tuning {
     /// Stripe buffers all puts on this agent may hold at once, in bytes: a
     /// put waits (and so slows its client) rather than growing past it.
     pub put_memory_bytes: usize,
+    /// How often a PG's leader re-checks a PG that was clean (a new map epoch triggers a
+    /// check at once).
+    pub recovery_interval: Duration,
+    /// Bytes per second recovery may write, so client I/O keeps its share.
+    pub recovery_bandwidth: u64,
 }
 
 impl Default for Tuning {
@@ -46,6 +51,8 @@ impl Default for Tuning {
             gc_interval: Duration::from_secs(2),
             store_concurrency: 32,
             put_memory_bytes: 256 << 20,
+            recovery_interval: Duration::from_secs(300),
+            recovery_bandwidth: 64 << 20,
         }
     }
 }
@@ -64,6 +71,8 @@ pub struct Node {
     pub put_memory: Arc<Semaphore>,
     /// At most one fetch of a newer map from peers at a time.
     pub catchup: crate::map_catchup::CatchupState,
+    /// What recovery last found in each PG this member leads.
+    pub recovery: crate::recovery::RecoveryState,
     store_slots: Semaphore,
 }
 
@@ -100,6 +109,7 @@ impl Node {
             store_slots: Semaphore::new(tuning.store_concurrency),
             put_memory: Arc::new(Semaphore::new((tuning.put_memory_bytes >> 20).max(1))),
             catchup: crate::map_catchup::CatchupState::default(),
+            recovery: crate::recovery::RecoveryState::default(),
             tuning,
             started: Instant::now(),
         }
@@ -310,6 +320,97 @@ impl Node {
             .await
             .map(|r| r.into_inner().existed)
             .map_err(|s| PeerError::call(member, s))
+    }
+
+    /// One page of a PG's shards on `member`, ordered by key.
+    pub async fn list_shards(
+        &self,
+        view: &MapView,
+        member: &str,
+        pool: &str,
+        pg: u32,
+        after: Option<ShardKey>,
+        limit: u32,
+    ) -> Result<(Vec<(ShardKey, u64)>, bool), PeerError> {
+        if member == self.id {
+            let pool = pool.to_string();
+            return self
+                .with_store(move |s| s.list_shards(&pool, pg, after.as_ref(), limit as usize))
+                .await
+                .map(|(items, more)| {
+                    (
+                        items.into_iter().map(|(k, meta)| (k, meta.len)).collect(),
+                        more,
+                    )
+                })
+                .map_err(|e| self.local_err(e));
+        }
+        let mut client = self.peer(view, member)?;
+        let mut req = tonic::Request::new(pb::ListShardsRequest {
+            epoch: view.epoch(),
+            pool: pool.to_string(),
+            pg,
+            after: after.map(|k| k.to_proto()),
+            limit,
+        });
+        req.set_timeout(self.tuning.manifest_timeout);
+        let resp = client
+            .list_shards(req)
+            .await
+            .map_err(|s| PeerError::call(member, s))?
+            .into_inner();
+        let mut out = Vec::with_capacity(resp.shards.len());
+        for h in resp.shards {
+            let key = ShardKey::from_proto(h.id.as_ref()).map_err(|e| {
+                PeerError::call(
+                    member,
+                    tonic::Status::data_loss(format!("bad shard id: {e}")),
+                )
+            })?;
+            out.push((key, h.length));
+        }
+        Ok((out, resp.truncated))
+    }
+
+    /// One page of the manifests on `member` whose keys hash to `pg`, whole.
+    pub async fn list_pg_manifests(
+        &self,
+        view: &MapView,
+        member: &str,
+        pool: &str,
+        pg: u32,
+        pg_count: u32,
+        after: Option<(String, String)>,
+    ) -> Result<(Vec<pb::Manifest>, bool), PeerError> {
+        if member == self.id {
+            let pool = pool.to_string();
+            return self
+                .with_store(move |s| {
+                    let after = after.as_ref().map(|(b, k)| (b.as_str(), k.as_str()));
+                    s.list_pg_manifests(&pool, pg, pg_count, after, 16)
+                })
+                .await
+                .map_err(|e| self.local_err(e));
+        }
+        let mut client = self.peer(view, member)?;
+        let (start_after_bucket, start_after) = after.unwrap_or_default();
+        let mut req = tonic::Request::new(pb::ListManifestsRequest {
+            epoch: view.epoch(),
+            pool: pool.to_string(),
+            pg,
+            pg_count,
+            start_after_bucket,
+            start_after,
+            limit: 16,
+            ..Default::default()
+        });
+        req.set_timeout(self.tuning.manifest_timeout);
+        let resp = client
+            .list_manifests(req)
+            .await
+            .map_err(|s| PeerError::call(member, s))?
+            .into_inner();
+        Ok((resp.manifests, resp.truncated))
     }
 
     pub async fn put_manifest(

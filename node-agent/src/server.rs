@@ -151,6 +151,7 @@ impl Agent {
             node.store.clone(),
         ));
         let gc_task = tokio::spawn(crate::gc::run(node.clone()));
+        let recovery_task = tokio::spawn(crate::recovery::run(node.clone()));
 
         let result = tonic::transport::Server::builder()
             .tcp_nodelay(true)
@@ -172,6 +173,7 @@ impl Agent {
             )
             .await;
         gc_task.abort();
+        recovery_task.abort();
         metrics_task.abort();
         let store = node.store.clone();
         if let Ok(Err(e)) = tokio::task::spawn_blocking(move || store.flush()).await {

@@ -20,6 +20,9 @@ use crate::validate;
 /// Largest shard a peer may send: the largest chunk size a pool can have.
 const MAX_SHARD_BYTES: u64 = 64 << 20;
 const MAX_LIST: u32 = 10_000;
+/// Whole manifests per page when listing a PG's for recovery: each carries 192 B of shard
+/// hashes per stripe, so pages stay small to stay within the message limit.
+const MAX_PG_MANIFESTS: usize = 16;
 
 pub struct ShardServer {
     node: Arc<Node>,
@@ -315,13 +318,38 @@ impl ShardService for ShardServer {
                 0 => 1000,
                 n => n.min(MAX_LIST),
             } as usize;
-            let (manifests, truncated) = self
-                .node
-                .with_store(move |s| {
-                    s.list_manifests(&req.pool, &req.bucket, &req.prefix, &req.start_after, limit)
-                })
-                .await
-                .map_err(store_status)?;
+            let (manifests, truncated) = if req.pg_count > 0 {
+                if req.pg >= req.pg_count {
+                    return Err(Status::invalid_argument(format!(
+                        "pg {} is out of range for {} PGs",
+                        req.pg, req.pg_count
+                    )));
+                }
+                // Whole manifests are bigger: smaller pages keep a message within its limit.
+                let limit = limit.min(MAX_PG_MANIFESTS);
+                self.node
+                    .with_store(move |s| {
+                        let after = (!req.start_after_bucket.is_empty()
+                            || !req.start_after.is_empty())
+                        .then_some((req.start_after_bucket.as_str(), req.start_after.as_str()));
+                        s.list_pg_manifests(&req.pool, req.pg, req.pg_count, after, limit)
+                    })
+                    .await
+                    .map_err(store_status)?
+            } else {
+                self.node
+                    .with_store(move |s| {
+                        s.list_manifests(
+                            &req.pool,
+                            &req.bucket,
+                            &req.prefix,
+                            &req.start_after,
+                            limit,
+                        )
+                    })
+                    .await
+                    .map_err(store_status)?
+            };
             Ok(pb::ListManifestsResponse {
                 manifests,
                 truncated,

@@ -452,6 +452,49 @@ impl ShardStore {
         Ok((out, false))
     }
 
+    /// Whole manifests (shard hashes included) of every bucket of `pool` whose key hashes to
+    /// `pg`, after `(bucket, key)`: what a PG's leader compares across its members. A scan of
+    /// the pool's manifests, filtered; recovery is rare enough for that.
+    pub fn list_pg_manifests(
+        &self,
+        pool: &str,
+        pg: u32,
+        pg_count: u32,
+        after: Option<(&str, &str)>,
+        limit: usize,
+    ) -> Result<(Vec<pb::Manifest>, bool), StoreError> {
+        let mut pool_prefix = vec![pool.len() as u8];
+        pool_prefix.extend_from_slice(pool.as_bytes());
+        let start = match after {
+            Some((b, k)) => {
+                let mut s = keys::manifest_key(pool, b, k);
+                s.push(0);
+                s
+            }
+            None => pool_prefix.clone(),
+        };
+        let mut out = Vec::new();
+        let iter = self.db.iterator_cf(
+            self.cf(CF_MANIFESTS)?,
+            IteratorMode::From(&start, Direction::Forward),
+        );
+        for item in iter {
+            let (k, v) = item?;
+            if !k.starts_with(&pool_prefix) {
+                break;
+            }
+            let m = decode_manifest(&v)?;
+            if crate::layout::manifest_pg(&m.bucket, &m.key, pg_count) != pg {
+                continue;
+            }
+            if out.len() == limit {
+                return Ok((out, true));
+            }
+            out.push(m);
+        }
+        Ok((out, false))
+    }
+
     /// Queued collections whose time has come.
     pub fn due_gc(&self, now_unix_ms: u64, limit: usize) -> Result<Vec<GcEntry>, StoreError> {
         let mut out = Vec::new();

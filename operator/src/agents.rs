@@ -136,6 +136,12 @@ impl Agents {
             stored_bytes: status.stored_bytes,
             shard_count: status.shard_count,
             version: status.version,
+            clean_pgs: status
+                .pgs
+                .iter()
+                .filter(|p| p.clean)
+                .map(|p| (p.pool.clone(), p.pg, p.epoch))
+                .collect(),
         };
         if status.epoch > map.epoch {
             let newer = client.get_cluster_map(GetClusterMapRequest {}).await;

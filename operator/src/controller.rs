@@ -316,6 +316,35 @@ impl Context {
         }
         fleet.reports.retain(|id, _| ids.contains(id));
 
+        // PGs whose leader found them whole at the current epoch are recovered.
+        if let Some(st) = &fleet.stored {
+            let epoch = st.map.epoch;
+            let healed = |pool: &str, pg: u32| {
+                fleet.reports.values().any(|r| {
+                    r.clean_pgs
+                        .iter()
+                        .any(|(p, n, e)| p == pool && *n == pg && *e == epoch)
+                })
+            };
+            let mut pending = st.recovering.clone();
+            for (pool, pgs) in pending.iter_mut() {
+                pgs.retain(|pg| !healed(pool, *pg));
+            }
+            pending.retain(|_, pgs| !pgs.is_empty());
+            if pending != st.recovering {
+                let left: usize = pending.values().map(|s| s.len()).sum();
+                tracing::info!(epoch, recovering = left, "PGs recovered");
+                let saved = self
+                    .store
+                    .save(&st.map, &pending, Some(&st.resource_version))
+                    .await;
+                if matches!(saved, Err(StoreError::Conflict)) {
+                    fleet.loaded = false;
+                }
+                fleet.stored = Some(saved?);
+            }
+        }
+
         // Member statuses and Events.
         let node_api = Api::<StorageNode>::all(self.client.clone());
         let mut by_phase: HashMap<NodePhase, usize> = HashMap::new();
@@ -567,8 +596,13 @@ async fn apply_pool(pool: Arc<StoragePool>, ctx: &Context) -> Result<Action, Err
         &after,
     )
     .await?;
-    ctx.metrics
-        .set_pgs(&name, after.pgs_clean, after.pgs_degraded);
+    ctx.metrics.set_pool(
+        &name,
+        after.pgs_clean,
+        after.pgs_degraded,
+        snap.recovering.get(&name).map_or(0, BTreeSet::len),
+        condition::is_true(&after.conditions, READY),
+    );
     if after.map_epoch > before.map_epoch {
         ctx.event(
             &*pool,
@@ -806,6 +840,7 @@ mod tests {
                         stored_bytes: 0,
                         shard_count: 0,
                         version: "0.1.0".into(),
+                        clean_pgs: vec![],
                     },
                 )
             })

@@ -17,6 +17,9 @@ pub struct AgentReport {
     pub stored_bytes: u64,
     pub shard_count: u64,
     pub version: String,
+    /// PGs this agent leads that its last recovery pass found clean, with the epoch of the map
+    /// that pass checked against.
+    pub clean_pgs: Vec<(String, u32, u64)>,
 }
 
 /// Everything a pool's status depends on.
@@ -405,6 +408,7 @@ mod tests {
                         stored_bytes: 10,
                         shard_count: 1,
                         version: "0.1.0".into(),
+                        clean_pgs: vec![],
                     },
                 )
             })
@@ -527,6 +531,7 @@ mod tests {
                 stored_bytes: 0,
                 shard_count: 0,
                 version: "0.1.0".into(),
+                clean_pgs: vec![],
             },
         );
         let s = pool_status(&StoragePoolStatus::default(), &inputs(Some(&m), &r, 0));

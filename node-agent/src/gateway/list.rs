@@ -55,6 +55,7 @@ pub async fn list_objects(
         prefix: req.prefix.clone(),
         start_after,
         limit: page,
+        ..Default::default()
     };
     let members: Vec<String> = view
         .members()

@@ -1,0 +1,176 @@
+//! Recovery with the real operator, a real API server and real agents: members die one at a
+//! time, the operator marks each Out and moves its positions, the PGs' leaders rebuild the
+//! missing shards and copy the manifests, and the pool is whole again each time, so more
+//! members than `m` can die in total without losing a byte.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use potluck_api::{PoolHealth, StoragePool, StoragePoolSpec};
+use potluck_cli::dev_cluster::{DevCluster, DevClusterConfig};
+use potluck_e2e::control_plane::ControlPlane;
+use potluck_e2e::{get, metric, object_client, put, random_bytes, FleetConfig};
+use potluck_proto::v1::agent_control_client::AgentControlClient;
+use potluck_proto::v1::shard_service_client::ShardServiceClient;
+use potluck_proto::v1::{ClusterMap, GetClusterMapRequest, ListShardsRequest, MemberState};
+
+const LIMIT: Duration = Duration::from_secs(90);
+
+fn status_of(pool: &StoragePool) -> potluck_api::StoragePoolStatus {
+    pool.status.clone().unwrap_or_default()
+}
+
+async fn current_map(cluster: &DevCluster, live: usize) -> ClusterMap {
+    let mut c = AgentControlClient::connect(cluster.fleet.endpoint(live))
+        .await
+        .expect("connect");
+    c.get_cluster_map(GetClusterMapRequest {})
+        .await
+        .expect("map")
+        .into_inner()
+}
+
+/// Every PG of the pool: the set of stripes each position's member holds its shard of. A whole
+/// PG has the same set at every position.
+async fn assert_every_pg_whole(map: &ClusterMap) {
+    let pool = &map.pools[0];
+    let mut stripes_seen = 0usize;
+    for (pg, set) in pool.pgs.iter().enumerate() {
+        let mut per_position: Vec<BTreeSet<(Vec<u8>, u32)>> = Vec::new();
+        for (pos, member) in set.members.iter().enumerate() {
+            let info = map
+                .members
+                .iter()
+                .find(|m| &m.id == member)
+                .expect("member listed");
+            assert_eq!(
+                info.state,
+                MemberState::Up as i32,
+                "PG {pg} position {pos} is on {member}, which is not up"
+            );
+            let mut c = ShardServiceClient::connect(format!("http://{}", info.endpoint))
+                .await
+                .expect("connect");
+            let resp = c
+                .list_shards(ListShardsRequest {
+                    epoch: map.epoch,
+                    pool: pool.name.clone(),
+                    pg: pg as u32,
+                    after: None,
+                    limit: 10_000,
+                })
+                .await
+                .expect("list shards")
+                .into_inner();
+            assert!(!resp.truncated);
+            per_position.push(
+                resp.shards
+                    .iter()
+                    .filter_map(|h| h.id.clone())
+                    .filter(|id| id.shard as usize == pos)
+                    .map(|id| (id.object_id.to_vec(), id.stripe))
+                    .collect(),
+            );
+        }
+        let all: BTreeSet<_> = per_position.iter().flatten().cloned().collect();
+        for (pos, held) in per_position.iter().enumerate() {
+            assert_eq!(
+                held.len(),
+                all.len(),
+                "PG {pg}: position {pos} ({}) holds {} of the PG's {} stripes",
+                set.members[pos],
+                held.len(),
+                all.len()
+            );
+        }
+        stripes_seen += all.len();
+    }
+    assert!(stripes_seen > 0, "the pool holds no stripes at all");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_members_die_one_after_another_and_nothing_is_lost() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cp = ControlPlane::start(&dir.path().join("cp"));
+    let mut fleet = FleetConfig::new(dir.path().join("fleet"));
+    // Nine members: after three are gone, six remain for 4+2's six positions.
+    fleet.agents = 9;
+    let mut spec = StoragePoolSpec::with_defaults(4, 2);
+    spec.pg_count = 16;
+    spec.chunk_size = 64 * 1024;
+    spec.down_after = "2s".into();
+    spec.out_after = "4s".into();
+    let mut cfg = DevClusterConfig::new(fleet, &cp.kubeconfig);
+    cfg.lease_duration_secs = 1;
+    cfg.pool = Some(("default".into(), spec));
+    cfg.stage_timeout = LIMIT;
+    let mut cluster = DevCluster::start(cfg).await.expect("dev cluster");
+
+    // Objects of mixed sizes: empty, smaller than a chunk, several stripes.
+    let mut objects = BTreeMap::new();
+    for i in 0..24usize {
+        let size = [0, 1, 1000, 70_000, 256 * 1024, 900_001][i % 6] + i;
+        let data = random_bytes(size, i as u64);
+        let mut c = object_client(&cluster.fleet.endpoint(i % 9)).await;
+        put(&mut c, "heal", &format!("obj-{i}"), &data)
+            .await
+            .expect("put");
+        objects.insert(format!("obj-{i}"), data);
+    }
+    let map = current_map(&cluster, 0).await;
+    assert_every_pg_whole(&map).await;
+
+    let mut live: Vec<usize> = (0..9).collect();
+    for victim in [8usize, 3, 5] {
+        let before = cluster
+            .pools()
+            .get("default")
+            .await
+            .expect("pool")
+            .status
+            .map_or(0, |s| s.map_epoch);
+        cluster.fleet.kill(victim).await.expect("kill");
+        live.retain(|i| *i != victim);
+        let id = cluster.fleet.id(victim).to_string();
+        let healed = cluster
+            .wait_pool(
+                "default",
+                "the pool whole again after a member went Out",
+                |p| {
+                    let s = status_of(p);
+                    s.map_epoch > before
+                        && s.members as usize == live.len()
+                        && s.health == Some(PoolHealth::Healthy)
+                },
+            )
+            .await
+            .unwrap_or_else(|e| panic!("after losing {id}: {e}"));
+        assert_eq!(status_of(&healed).pgs_clean, 16);
+        let map = current_map(&cluster, live[0]).await;
+        assert!(
+            map.members.iter().all(|m| m.id != id),
+            "{id} still in the map"
+        );
+        assert_every_pg_whole(&map).await;
+        for (n, (key, data)) in objects.iter().enumerate() {
+            let mut c = object_client(&cluster.fleet.endpoint(live[n % live.len()])).await;
+            let got = get(&mut c, "heal", key)
+                .await
+                .unwrap_or_else(|e| panic!("{key} after losing {id}: {e}"));
+            assert!(got == *data, "{key} differs after losing {id}");
+        }
+    }
+
+    // The rebuilt shards were counted by the members that rebuilt them.
+    let mut rebuilt = 0.0;
+    for i in &live {
+        rebuilt += metric(
+            &cluster.fleet.metrics_addr(*i).to_string(),
+            "potluck_recovery_shards_total",
+            "",
+        )
+        .await;
+    }
+    assert!(rebuilt > 0.0, "no shard was counted as rebuilt");
+    cluster.shutdown().await.expect("shutdown");
+}

@@ -1,0 +1,433 @@
+//! Recovery: every PG's leader (the first member of its acting set that is up) brings the PG
+//! back to full strength.
+//!
+//! The leader compares what the PG's members hold rather than what the maps say changed: it
+//! lists each member's shards and manifests of the PG, rebuilds every stripe's missing shards
+//! from any k present ones, writes them to the members now named for them, and copies the
+//! newest manifest of every key to the members that lack it. The same pass therefore heals a
+//! member that went Out and was replaced, a member that joined and took positions, shards a
+//! degraded write never stored, and manifests a replaced member never had; and it needs no
+//! history, so a restarted agent or a changed leader simply runs it again.
+//!
+//! A pass runs when the map epoch changes, again every few seconds while something is left to
+//! do, and otherwise every `recovery_interval`. It works one PG and one stripe at a time and
+//! keeps its writes under `recovery_bandwidth`, so client I/O keeps its share of the disk and
+//! network. Each PG's outcome is kept as a [`pb::PgReport`] that `GetStatus` hands to the
+//! operator, which clears a PG from its "recovering" set once its leader reports it clean.
+//!
+//! Not done yet: deleting stray shards left on members that no longer hold a position, and
+//! telling a stripe of a version being garbage-collected from a live one (such a stripe may be
+//! rebuilt just before its shards are collected, leaving an orphan).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use potluck_proto::v1 as pb;
+use prometheus::{IntCounter, IntGaugeVec, Opts};
+
+use crate::cluster::MapView;
+use crate::keys::{ShardKey, OBJECT_ID_LEN};
+use crate::node::Node;
+
+/// Shards asked for per listing call.
+const LIST_PAGE: u32 = 1000;
+/// How soon a pass is repeated while a PG is not clean (a member not answering, a write that
+/// failed): short, since this is when redundancy is lowest.
+const RETRY: Duration = Duration::from_secs(3);
+/// How often the worker looks for a new map epoch.
+const EPOCH_POLL: Duration = Duration::from_millis(250);
+
+/// The last report of every PG this member leads.
+#[derive(Default)]
+pub struct RecoveryState {
+    reports: Mutex<HashMap<(String, u32), pb::PgReport>>,
+}
+
+impl RecoveryState {
+    pub fn reports(&self) -> Vec<pb::PgReport> {
+        let mut out: Vec<pb::PgReport> = self
+            .reports
+            .lock()
+            .map(|r| r.values().cloned().collect())
+            .unwrap_or_default();
+        out.sort_by(|a, b| (&a.pool, a.pg).cmp(&(&b.pool, b.pg)));
+        out
+    }
+
+    fn set(&self, report: pb::PgReport) {
+        if let Ok(mut r) = self.reports.lock() {
+            r.insert((report.pool.clone(), report.pg), report);
+        }
+    }
+
+    fn retain(&self, keep: impl Fn(&str, u32) -> bool) {
+        if let Ok(mut r) = self.reports.lock() {
+            r.retain(|(pool, pg), _| keep(pool, *pg));
+        }
+    }
+}
+
+struct RecoveryMetrics {
+    shards: IntCounter,
+    bytes: IntCounter,
+    manifests: IntCounter,
+    pgs: IntGaugeVec,
+}
+
+impl RecoveryMetrics {
+    fn new(node: &Node) -> Option<Self> {
+        let r = &node.metrics.registry;
+        let shards = IntCounter::new(
+            "potluck_recovery_shards_total",
+            "Shards this member rebuilt and wrote to the members now holding their positions",
+        )
+        .ok()?;
+        let bytes = IntCounter::new(
+            "potluck_recovery_bytes_total",
+            "Bytes of shards this member rebuilt and wrote",
+        )
+        .ok()?;
+        let manifests = IntCounter::new(
+            "potluck_recovery_manifests_total",
+            "Manifests this member copied to PG members that lacked them",
+        )
+        .ok()?;
+        let pgs = IntGaugeVec::new(
+            Opts::new(
+                "potluck_recovery_pgs",
+                "PGs this member leads, by state after its last pass (clean, degraded)",
+            ),
+            &["state"],
+        )
+        .ok()?;
+        r.register(Box::new(shards.clone())).ok()?;
+        r.register(Box::new(bytes.clone())).ok()?;
+        r.register(Box::new(manifests.clone())).ok()?;
+        r.register(Box::new(pgs.clone())).ok()?;
+        Some(Self {
+            shards,
+            bytes,
+            manifests,
+            pgs,
+        })
+    }
+}
+
+/// Keeps writes under a byte rate, measured over the whole pass.
+struct Throttle {
+    started: Instant,
+    bytes: u64,
+    rate: u64,
+}
+
+impl Throttle {
+    fn new(rate: u64) -> Self {
+        Self {
+            started: Instant::now(),
+            bytes: 0,
+            rate: rate.max(1),
+        }
+    }
+
+    /// Records `bytes` written and waits until the pass is back under its rate: this pause is
+    /// the rate limit itself.
+    async fn wrote(&mut self, bytes: u64) {
+        self.bytes += bytes;
+        let due = Duration::from_secs_f64(self.bytes as f64 / self.rate as f64);
+        if let Some(wait) = due.checked_sub(self.started.elapsed()) {
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// The worker: runs until the agent stops.
+pub async fn run(node: Arc<Node>) {
+    let Some(metrics) = RecoveryMetrics::new(&node) else {
+        tracing::error!("cannot register recovery metrics; recovery is off");
+        return;
+    };
+    let mut last_epoch = 0u64;
+    let mut next_pass = Instant::now();
+    loop {
+        let view = node.cluster.view();
+        if view.epoch() > 0 && (view.epoch() != last_epoch || Instant::now() >= next_pass) {
+            last_epoch = view.epoch();
+            let all_clean = pass(&node, &view, &metrics).await;
+            next_pass = Instant::now()
+                + if all_clean {
+                    node.tuning.recovery_interval
+                } else {
+                    RETRY.min(node.tuning.recovery_interval)
+                };
+        }
+        tokio::time::sleep(EPOCH_POLL).await;
+    }
+}
+
+fn is_up(view: &MapView, member: &str) -> bool {
+    view.member(member).is_some_and(|m| {
+        matches!(
+            pb::MemberState::try_from(m.state),
+            Ok(pb::MemberState::Up | pb::MemberState::Draining)
+        )
+    })
+}
+
+/// One pass over the PGs this member leads. Returns whether every one of them is clean.
+async fn pass(node: &Node, view: &MapView, metrics: &RecoveryMetrics) -> bool {
+    let mut led = Vec::new();
+    for pool in &view.map.pools {
+        for (pg, set) in pool.pgs.iter().enumerate() {
+            let leader = set.members.iter().find(|m| is_up(view, m));
+            if leader == Some(&node.id) {
+                if let Ok(pg) = u32::try_from(pg) {
+                    led.push((pool, pg, set));
+                }
+            }
+        }
+    }
+    node.recovery
+        .retain(|pool, pg| led.iter().any(|(p, n, _)| p.name == pool && *n == pg));
+    let mut throttle = Throttle::new(node.tuning.recovery_bandwidth);
+    let (mut clean, mut degraded) = (0i64, 0i64);
+    for (pool, pg, set) in led {
+        if node.cluster.epoch() != view.epoch() {
+            // A newer map: its pass starts over with the new acting sets.
+            return false;
+        }
+        let report = recover_pg(node, view, pool, pg, &set.members, metrics, &mut throttle).await;
+        if report.clean {
+            clean += 1;
+        } else {
+            degraded += 1;
+            tracing::debug!(pool = %pool.name, pg, missing = report.missing_shards, unrecoverable = report.unrecoverable_stripes, "PG not clean yet");
+        }
+        node.recovery.set(report);
+    }
+    metrics.pgs.with_label_values(&["clean"]).set(clean);
+    metrics.pgs.with_label_values(&["degraded"]).set(degraded);
+    degraded == 0
+}
+
+#[derive(Default)]
+struct StripeInfo {
+    len: u64,
+    /// Positions whose member holds its shard.
+    present: u32,
+}
+
+async fn recover_pg(
+    node: &Node,
+    view: &MapView,
+    pool: &pb::PoolMap,
+    pg: u32,
+    members: &[String],
+    metrics: &RecoveryMetrics,
+    throttle: &mut Throttle,
+) -> pb::PgReport {
+    let mut report = pb::PgReport {
+        pool: pool.name.clone(),
+        pg,
+        epoch: view.epoch(),
+        clean: false,
+        ..Default::default()
+    };
+    let width = members.len();
+    let k = pool.k as usize;
+    // Positions whose member is up and answered every listing.
+    let mut live: Vec<bool> = members.iter().map(|m| is_up(view, m)).collect();
+
+    // What each member holds of the PG's stripes.
+    let mut stripes: BTreeMap<([u8; OBJECT_ID_LEN], u32), StripeInfo> = BTreeMap::new();
+    for (pos, member) in members.iter().enumerate() {
+        if !live[pos] {
+            continue;
+        }
+        let mut after: Option<ShardKey> = None;
+        loop {
+            match node
+                .list_shards(view, member, &pool.name, pg, after.clone(), LIST_PAGE)
+                .await
+            {
+                Ok((items, more)) => {
+                    for (key, len) in &items {
+                        if usize::from(key.shard) == pos {
+                            let s = stripes.entry((key.object_id, key.stripe)).or_default();
+                            s.len = *len;
+                            s.present |= 1 << pos;
+                        }
+                    }
+                    after = items.last().map(|(k, _)| k.clone());
+                    if !more || after.is_none() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(%member, pool = %pool.name, pg, "cannot list shards: {e}");
+                    live[pos] = false;
+                    break;
+                }
+            }
+        }
+    }
+
+    let codec = match node.codecs.get(pool.k, pool.m) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(pool = %pool.name, "no codec for the pool: {e}");
+            return report;
+        }
+    };
+    for ((object_id, stripe), info) in &stripes {
+        let want: Vec<usize> = (0..width)
+            .filter(|p| live[*p] && info.present & (1 << p) == 0)
+            .collect();
+        if want.is_empty() {
+            continue;
+        }
+        let key = |pos: usize| ShardKey {
+            pool: pool.name.clone(),
+            pg,
+            object_id: *object_id,
+            stripe: *stripe,
+            shard: pos as u8,
+        };
+        let mut shards: Vec<Option<Vec<u8>>> = vec![None; width];
+        let mut got = 0;
+        for pos in (0..width).filter(|p| info.present & (1 << p) != 0) {
+            if got == k {
+                break;
+            }
+            if let Ok(Some(data)) = node.get_shard(view, &members[pos], key(pos)).await {
+                if data.len() as u64 == info.len {
+                    shards[pos] = Some(data.to_vec());
+                    got += 1;
+                }
+            }
+        }
+        if got < k {
+            report.unrecoverable_stripes += 1;
+            report.missing_shards += want.len() as u64;
+            report.missing_bytes += info.len * want.len() as u64;
+            continue;
+        }
+        let codec = codec.clone();
+        let rebuilt = tokio::task::spawn_blocking(move || {
+            codec.reconstruct_all(&mut shards).map(|()| shards)
+        })
+        .await;
+        let shards = match rebuilt {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::warn!(pool = %pool.name, pg, "cannot rebuild a stripe: {e}");
+                report.missing_shards += want.len() as u64;
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!("rebuild task failed: {e}");
+                report.missing_shards += want.len() as u64;
+                continue;
+            }
+        };
+        for pos in want {
+            let Some(data) = shards.get(pos).and_then(|s| s.clone()) else {
+                report.missing_shards += 1;
+                continue;
+            };
+            let hash = *blake3::hash(&data).as_bytes();
+            let len = data.len() as u64;
+            match node
+                .put_shard(view, &members[pos], key(pos), Bytes::from(data), hash)
+                .await
+            {
+                Ok(()) => {
+                    metrics.shards.inc();
+                    metrics.bytes.inc_by(len);
+                    throttle.wrote(len).await;
+                }
+                Err(e) => {
+                    tracing::debug!(member = %members[pos], "recovery write failed: {e}");
+                    report.missing_shards += 1;
+                    report.missing_bytes += len;
+                }
+            }
+        }
+    }
+
+    let manifests_ok = sync_manifests(node, view, pool, pg, members, &live, metrics).await;
+    report.clean = live.iter().all(|l| *l)
+        && report.missing_shards == 0
+        && report.unrecoverable_stripes == 0
+        && manifests_ok;
+    report
+}
+
+/// Copies the newest manifest of every key hashed to `pg` onto the live members that lack it
+/// or hold an older one. Returns whether every copy that was needed landed.
+async fn sync_manifests(
+    node: &Node,
+    view: &MapView,
+    pool: &pb::PoolMap,
+    pg: u32,
+    members: &[String],
+    live: &[bool],
+    metrics: &RecoveryMetrics,
+) -> bool {
+    type Version = (u64, Bytes);
+    let mut newest: BTreeMap<(String, String), pb::Manifest> = BTreeMap::new();
+    let mut held: Vec<HashMap<(String, String), Version>> = vec![HashMap::new(); members.len()];
+    let mut ok = true;
+    for (pos, member) in members.iter().enumerate() {
+        if !live[pos] {
+            continue;
+        }
+        let mut after: Option<(String, String)> = None;
+        loop {
+            match node
+                .list_pg_manifests(view, member, &pool.name, pg, pool.pg_count, after.clone())
+                .await
+            {
+                Ok((page, more)) => {
+                    for m in page {
+                        let id = (m.bucket.clone(), m.key.clone());
+                        let version = (m.version, m.object_id.clone());
+                        after = Some(id.clone());
+                        held[pos].insert(id.clone(), version.clone());
+                        let newer = newest
+                            .get(&id)
+                            .is_none_or(|n| (n.version, n.object_id.clone()) < version);
+                        if newer {
+                            newest.insert(id, m);
+                        }
+                    }
+                    if !more || after.is_none() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(%member, pool = %pool.name, pg, "cannot list manifests: {e}");
+                    ok = false;
+                    break;
+                }
+            }
+        }
+    }
+    for (id, manifest) in &newest {
+        let version = (manifest.version, manifest.object_id.clone());
+        for (pos, member) in members.iter().enumerate() {
+            if !live[pos] || held[pos].get(id) == Some(&version) {
+                continue;
+            }
+            match node.put_manifest(view, member, pg, manifest.clone()).await {
+                Ok(_) => metrics.manifests.inc(),
+                Err(e) => {
+                    tracing::debug!(%member, "manifest copy failed: {e}");
+                    ok = false;
+                }
+            }
+        }
+    }
+    ok
+}
