@@ -358,7 +358,13 @@ async fn failed_and_dropped_puts_commit_nothing_and_calls_spread() {
 
     // A put the caller drops once a few chunks reached the gateway (more
     // than a stripe, so shards are already out on members).
-    let bytes_in = || fleet_metric(&fleet, "potluck_gateway_client_bytes_total", "\"in\"");
+    let bytes_in = || {
+        fleet_metric(
+            &fleet,
+            "potluck_gateway_client_bytes_total",
+            "operation=\"put\"",
+        )
+    };
     let before = bytes_in().await;
     let stalled = 9 << 20;
     {

@@ -1,7 +1,9 @@
 //! Prometheus metrics of one agent, served on `/metrics`.
 //!
-//! Labels are bounded: service, method, gRPC code, direction, peer member id.
-//! Object keys and buckets never become label values.
+//! Labels are bounded: service, method, gRPC code, operation, result, direction, and peer
+//! member id (at most the fleet's size). Object keys and buckets never become label values.
+//! Names follow `potluck_<subsystem>_<name>_<unit>`; `docs/operations.md` lists every series and
+//! `deploy/monitoring/` builds its dashboard and alerts on them.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -13,8 +15,8 @@ use prometheus::{
 
 use crate::shard_store::ShardStore;
 
-/// Latency buckets from 100 µs to ~30 min, so a 4 KiB stat and a 1 GiB put
-/// both land in a bucket that tells something.
+/// Latency buckets from 100 µs to ~10 min (100 µs × 2.5^17 ≈ 582 s), so a 4 KiB stat and a
+/// 1 GiB put both land in a bucket that tells something.
 fn latency_buckets() -> Vec<f64> {
     prometheus::exponential_buckets(0.0001, 2.5, 18).unwrap_or_default()
 }
@@ -23,7 +25,11 @@ pub struct Metrics {
     pub registry: Registry,
     pub rpc_requests: IntCounterVec,
     pub rpc_duration: HistogramVec,
-    pub client_bytes: IntCounterVec,
+    /// Object bytes from (put) and to (get) clients, counted as they pass so throughput is live.
+    client_bytes: IntCounterVec,
+    /// Bytes of client transfers that ended in an error, counted when they end: the result of a
+    /// transfer is only known then, and `client_bytes` minus this is what clients got done.
+    client_failed_bytes: IntCounterVec,
     pub peer_bytes: IntCounterVec,
     pub peer_errors: IntCounterVec,
     pub degraded_stripes: IntCounter,
@@ -43,6 +49,38 @@ pub struct Metrics {
     store_manifests: IntGauge,
     blob_bytes: IntGauge,
     pending_compaction: IntGauge,
+    write_stopped: IntGauge,
+    delayed_write_rate: IntGauge,
+}
+
+/// One client transfer (a put or a get): its bytes go to `client_bytes` as they pass, and to
+/// `client_failed_bytes` when it is dropped without [`ClientTransfer::succeeded`], so early
+/// returns, client cancellations and panics all count as failures without each path saying so.
+pub struct ClientTransfer {
+    live: IntCounter,
+    failed: IntCounter,
+    bytes: u64,
+    ok: bool,
+}
+
+impl ClientTransfer {
+    pub fn add(&mut self, n: usize) {
+        let n = n as u64;
+        self.bytes += n;
+        self.live.inc_by(n);
+    }
+
+    pub fn succeeded(mut self) {
+        self.ok = true;
+    }
+}
+
+impl Drop for ClientTransfer {
+    fn drop(&mut self) {
+        if !self.ok && self.bytes > 0 {
+            self.failed.inc_by(self.bytes);
+        }
+    }
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> prometheus::Result<IntCounter> {
@@ -103,6 +141,22 @@ impl Metrics {
         for result in crate::map_catchup::Outcome::LABELS {
             map_catchups.with_label_values(&[result]);
         }
+        let client_bytes = counter_vec(
+            r,
+            "potluck_gateway_client_bytes_total",
+            "Object bytes received from clients (operation=put) and sent to them (operation=get), counted as they pass",
+            &["operation"],
+        )?;
+        let client_failed_bytes = counter_vec(
+            r,
+            "potluck_gateway_client_failed_bytes_total",
+            "Bytes of client puts and gets that ended in an error, counted when the call ends",
+            &["operation"],
+        )?;
+        for op in ["put", "get"] {
+            client_bytes.with_label_values(&[op]);
+            client_failed_bytes.with_label_values(&[op]);
+        }
         Ok(Self {
             lease_renewals,
             map_catchups,
@@ -113,12 +167,8 @@ impl Metrics {
                 &["service", "method", "code"],
             )?,
             rpc_duration,
-            client_bytes: counter_vec(
-                r,
-                "potluck_gateway_client_bytes_total",
-                "Object bytes received from (in) and sent to (out) clients",
-                &["direction"],
-            )?,
+            client_bytes,
+            client_failed_bytes,
             peer_bytes: counter_vec(
                 r,
                 "potluck_peer_shard_bytes_total",
@@ -187,8 +237,28 @@ impl Metrics {
                 "potluck_store_pending_compaction_bytes",
                 "RocksDB's estimate of bytes compaction still has to rewrite",
             )?,
+            write_stopped: gauge(
+                r,
+                "potluck_store_write_stopped",
+                "1 while RocksDB stops writes (too many memtables, L0 files or pending compaction bytes), else 0",
+            )?,
+            delayed_write_rate: gauge(
+                r,
+                "potluck_store_delayed_write_rate_bytes_per_second",
+                "Rate RocksDB throttles writes to while it delays them, 0 when it does not",
+            )?,
             registry,
         })
+    }
+
+    /// Starts counting one client transfer; `operation` is `put` or `get`.
+    pub fn client_transfer(&self, operation: &str) -> ClientTransfer {
+        ClientTransfer {
+            live: self.client_bytes.with_label_values(&[operation]),
+            failed: self.client_failed_bytes.with_label_values(&[operation]),
+            bytes: 0,
+            ok: false,
+        }
     }
 
     /// Counts one finished call with its outcome.
@@ -225,6 +295,13 @@ impl Metrics {
         }
         if let Some(v) = store.shard_cf_property("rocksdb.estimate-pending-compaction-bytes") {
             self.pending_compaction.set(v as i64);
+        }
+        // Database-wide: RocksDB's write controller stalls every column family at once.
+        if let Some(v) = store.shard_cf_property("rocksdb.is-write-stopped") {
+            self.write_stopped.set(v as i64);
+        }
+        if let Some(v) = store.shard_cf_property("rocksdb.actual-delayed-write-rate") {
+            self.delayed_write_rate.set(v as i64);
         }
     }
 
@@ -284,4 +361,46 @@ pub async fn serve(
         }),
     );
     axum::serve(listener, app).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(m: &Metrics, name: &str, operation: &str) -> u64 {
+        m.registry
+            .gather()
+            .iter()
+            .filter(|f| f.name() == name)
+            .flat_map(|f| f.get_metric())
+            .filter(|s| {
+                s.get_label()
+                    .iter()
+                    .any(|l| l.name() == "operation" && l.value() == operation)
+            })
+            .map(|s| s.get_counter().get_value() as u64)
+            .sum()
+    }
+
+    #[test]
+    fn transfer_bytes_count_as_they_pass_and_as_failed_only_when_the_call_fails() {
+        let m = Metrics::new("m0").expect("metrics");
+        let mut ok = m.client_transfer("put");
+        ok.add(100);
+        assert_eq!(value(&m, "potluck_gateway_client_bytes_total", "put"), 100);
+        ok.succeeded();
+        let mut failed = m.client_transfer("get");
+        failed.add(7);
+        failed.add(3);
+        drop(failed);
+        assert_eq!(value(&m, "potluck_gateway_client_bytes_total", "get"), 10);
+        assert_eq!(
+            value(&m, "potluck_gateway_client_failed_bytes_total", "get"),
+            10
+        );
+        assert_eq!(
+            value(&m, "potluck_gateway_client_failed_bytes_total", "put"),
+            0
+        );
+    }
 }

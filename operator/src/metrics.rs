@@ -2,7 +2,9 @@
 //! `/readyz`).
 //!
 //! Label values are bounded: results, phases, PG states, RPC names and pool names (pools are
-//! few and named by admins); never member ids or object keys.
+//! few and named by admins); never member ids or object keys. Names follow
+//! `potluck_operator_<name>_<unit>`; `docs/operations.md` lists every series and
+//! `deploy/monitoring/` builds its dashboard and alerts on them.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,6 +28,8 @@ pub struct Metrics {
     reconcile_duration: HistogramVec,
     members: IntGaugeVec,
     pgs: IntGaugeVec,
+    pgs_recovering: IntGaugeVec,
+    pool_ready: IntGaugeVec,
     map_epoch: IntGauge,
     agent_calls: IntCounterVec,
     leader: IntGauge,
@@ -73,6 +77,20 @@ impl Metrics {
             ),
             &["pool", "state"],
         )?;
+        let pgs_recovering = IntGaugeVec::new(
+            Opts::new(
+                "potluck_operator_pgs_recovering",
+                "Placement groups by pool with positions moved to members that do not hold their shards yet (a subset of the degraded ones)",
+            ),
+            &["pool"],
+        )?;
+        let pool_ready = IntGaugeVec::new(
+            Opts::new(
+                "potluck_operator_pool_ready",
+                "1 while a pool's Ready condition is True (placed, every PG has writeQuorum members up), else 0",
+            ),
+            &["pool"],
+        )?;
         let map_epoch = IntGauge::new(
             "potluck_operator_map_epoch",
             "Epoch of the cluster map this operator last published or loaded",
@@ -93,9 +111,16 @@ impl Metrics {
         registry.register(Box::new(reconcile_duration.clone()))?;
         registry.register(Box::new(members.clone()))?;
         registry.register(Box::new(pgs.clone()))?;
+        registry.register(Box::new(pgs_recovering.clone()))?;
+        registry.register(Box::new(pool_ready.clone()))?;
         registry.register(Box::new(map_epoch.clone()))?;
         registry.register(Box::new(agent_calls.clone()))?;
         registry.register(Box::new(leader.clone()))?;
+        // Present from the start, so "no successful reconcile lately" is a rate of 0, not a
+        // missing series, and alerts can tell the two apart.
+        for result in ["ok", "error"] {
+            reconciles.with_label_values(&[result]);
+        }
         Ok(Self {
             registry,
             reconciles,
@@ -103,6 +128,8 @@ impl Metrics {
             reconcile_duration,
             members,
             pgs,
+            pgs_recovering,
+            pool_ready,
             map_epoch,
             agent_calls,
             leader,
@@ -133,19 +160,29 @@ impl Metrics {
             .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
-    pub fn set_pgs(&self, pool: &str, clean: i32, degraded: i32) {
+    /// A pool's figures after a reconcile: PGs clean and degraded, how many of the degraded
+    /// wait for shards on moved positions, and its Ready condition.
+    pub fn set_pool(&self, pool: &str, clean: i32, degraded: i32, recovering: usize, ready: bool) {
         self.pgs
             .with_label_values(&[pool, "clean"])
             .set(i64::from(clean));
         self.pgs
             .with_label_values(&[pool, "degraded"])
             .set(i64::from(degraded));
+        self.pgs_recovering
+            .with_label_values(&[pool])
+            .set(i64::try_from(recovering).unwrap_or(i64::MAX));
+        self.pool_ready
+            .with_label_values(&[pool])
+            .set(i64::from(ready));
     }
 
     pub fn forget_pool(&self, pool: &str) {
         for state in ["clean", "degraded"] {
             let _ = self.pgs.remove_label_values(&[pool, state]);
         }
+        let _ = self.pgs_recovering.remove_label_values(&[pool]);
+        let _ = self.pool_ready.remove_label_values(&[pool]);
     }
 
     pub fn set_epoch(&self, epoch: u64) {

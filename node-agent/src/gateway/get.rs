@@ -102,6 +102,7 @@ pub async fn get_object(node: Arc<Node>, req: pb::GetObjectRequest) -> Result<Ge
         let mut fetches = futures::stream::iter(stripes)
             .map(|s| read_stripe(ctx.clone(), s, range.clone()))
             .buffered(window);
+        let mut transfer = ctx.node.metrics.client_transfer("get");
         while let Some(r) = fetches.next().await {
             let pieces = match r {
                 Ok(p) => p,
@@ -114,11 +115,7 @@ pub async fn get_object(node: Arc<Node>, req: pb::GetObjectRequest) -> Result<Ge
                 let mut off = 0;
                 while off < piece.len() {
                     let end = (off + OUT_CHUNK).min(piece.len());
-                    ctx.node
-                        .metrics
-                        .client_bytes
-                        .with_label_values(&["out"])
-                        .inc_by((end - off) as u64);
+                    transfer.add(end - off);
                     let msg = pb::GetObjectResponse {
                         info: None,
                         chunk: piece.slice(off..end),
@@ -130,6 +127,7 @@ pub async fn get_object(node: Arc<Node>, req: pb::GetObjectRequest) -> Result<Ge
                 }
             }
         }
+        transfer.succeeded();
     });
     Ok(ReceiverStream::new(rx))
 }

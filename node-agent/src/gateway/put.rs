@@ -84,6 +84,7 @@ pub async fn put_object(
     let mut permit: Option<OwnedSemaphorePermit> = None;
     let mut filled = 0usize;
 
+    let mut transfer = node.metrics.client_transfer("put");
     let mut finish: Option<pb::PutObjectFinish> = None;
     while let Some(msg) = stream.message().await.map_err(client_gone)? {
         if finish.is_some() {
@@ -119,10 +120,7 @@ pub async fn put_object(
             }
         }
         hasher.update(&data);
-        node.metrics
-            .client_bytes
-            .with_label_values(&["in"])
-            .inc_by(data.len() as u64);
+        transfer.add(data.len());
         let mut rest = &data[..];
         while !rest.is_empty() {
             let b = match buf.as_mut() {
@@ -219,6 +217,7 @@ pub async fn put_object(
     };
     let info = info_of(&manifest);
     manifests::write(&node, &view, &ctx.pool, manifest).await?;
+    transfer.succeeded();
     Ok(pb::PutObjectResponse {
         info: Some(info),
         degraded_stripes: degraded,
