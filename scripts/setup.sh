@@ -2,7 +2,8 @@
 # Install what a fresh Debian/Ubuntu machine needs to build and test Potluck.
 # Idempotent: each piece is checked first and only installed when missing.
 #
-#   apt:    libclang-dev (RocksDB bindings), protobuf-compiler (tonic codegen), clang
+#   apt:    libclang-dev (RocksDB bindings), protobuf-compiler (tonic codegen), clang,
+#           prometheus (promtool and the server for deploy/monitoring's tests)
 #   rust:   stable toolchain via rustup, with clippy and rustfmt
 #   python: venv at $HOME/.cache/potluck/venv with grpcio, grpcio-tools, pytest
 set -euo pipefail
@@ -39,7 +40,7 @@ deb_installed() {
 }
 
 missing=()
-for pkg in libclang-dev clang protobuf-compiler; do
+for pkg in libclang-dev clang protobuf-compiler prometheus; do
     deb_installed "$pkg" || missing+=("$pkg")
 done
 # Some images ship protoc without the Debian package; that is good enough.
@@ -64,7 +65,7 @@ fi
 if [ "${#missing[@]}" -gt 0 ]; then
     apt_install "${missing[@]}"
 else
-    log "apt packages present (libclang-dev, clang, protoc)"
+    log "apt packages present (libclang-dev, clang, protoc, prometheus)"
 fi
 
 # --- rust --------------------------------------------------------------------

@@ -69,6 +69,7 @@ python_tests() {
 
 step "setup" bash scripts/setup.sh
 step "cargo fmt" cargo fmt --all -- --check
+step "promtool" bash deploy/monitoring/test-rules.sh
 step "cargo clippy" cargo clippy --release --workspace --all-targets -- -D warnings
 step "cargo build" cargo build --release --workspace --all-targets
 step "cargo test" cargo test --release --workspace
