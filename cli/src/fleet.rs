@@ -812,6 +812,37 @@ impl Fleet {
         Ok(())
     }
 
+    /// Starts one more agent (the next index, its own failure domain) and waits until it
+    /// serves; without Kubernetes it is also added to a new map epoch, with it, it registers
+    /// and the operator places it. Returns its index.
+    pub async fn add_agent(&mut self) -> Result<usize, FleetError> {
+        let index = self.agents.len();
+        self.cfg.agents += 1;
+        if let Err(e) = self.cfg.ports(index) {
+            self.cfg.agents -= 1;
+            return Err(e);
+        }
+        self.agents.push(Agent {
+            id: format!("agent-{index}"),
+            failure_domain: format!("host-{index}"),
+            data_dir: self.cfg.dir.join(format!("agent-{index}")),
+            log_path: self.cfg.dir.join(format!("agent-{index}.log")),
+            child: None,
+            grpc: SocketAddr::from(([127, 0, 0, 1], 0)),
+            metrics: SocketAddr::from(([127, 0, 0, 1], 0)),
+            state: MemberState::Up,
+        });
+        let stdout = self.spawn(index)?;
+        let deadline = tokio::time::Instant::now() + self.cfg.ready_timeout;
+        let log = self.agents[index].log_path.clone();
+        let result = wait_ready(stdout, log, deadline).await;
+        self.take_ready(index, result).await?;
+        if self.cfg.kubernetes.is_none() {
+            self.push_map().await?;
+        }
+        Ok(index)
+    }
+
     /// A client over every running agent, in the fleet's default pool.
     pub async fn client(&self) -> Result<Client, ClientError> {
         Client::connect(&self.endpoints()).await

@@ -174,3 +174,124 @@ async fn three_members_die_one_after_another_and_nothing_is_lost() {
     assert!(rebuilt > 0.0, "no shard was counted as rebuilt");
     cluster.shutdown().await.expect("shutdown");
 }
+
+async fn shard_count(cluster: &DevCluster, index: usize) -> u64 {
+    let mut c = AgentControlClient::connect(cluster.fleet.endpoint(index))
+        .await
+        .expect("connect");
+    c.get_status(potluck_proto::v1::GetStatusRequest {})
+        .await
+        .expect("status")
+        .into_inner()
+        .shard_count
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_member_takes_its_share_and_a_drained_member_ends_empty() {
+    use kube::api::{Patch, PatchParams};
+    use potluck_api::{NodePhase, StorageNode};
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cp = ControlPlane::start(&dir.path().join("cp"));
+    let mut fleet = FleetConfig::new(dir.path().join("fleet"));
+    fleet.agents = 7;
+    let mut spec = StoragePoolSpec::with_defaults(4, 2);
+    spec.pg_count = 16;
+    spec.chunk_size = 64 * 1024;
+    spec.down_after = "2s".into();
+    spec.out_after = "4s".into();
+    let mut cfg = DevClusterConfig::new(fleet, &cp.kubeconfig);
+    cfg.lease_duration_secs = 1;
+    cfg.pool = Some(("default".into(), spec));
+    cfg.stage_timeout = LIMIT;
+    let mut cluster = DevCluster::start(cfg).await.expect("dev cluster");
+
+    let mut objects = BTreeMap::new();
+    for i in 0..30usize {
+        let data = random_bytes(200_000 + i * 31_337, 100 + i as u64);
+        let mut c = object_client(&cluster.fleet.endpoint(i % 7)).await;
+        put(&mut c, "share", &format!("o{i}"), &data)
+            .await
+            .expect("put");
+        objects.insert(format!("o{i}"), data);
+    }
+    let check_objects = |cluster: &DevCluster, from: Vec<usize>| {
+        let endpoints: Vec<String> = from.iter().map(|i| cluster.fleet.endpoint(*i)).collect();
+        let objects = objects.clone();
+        async move {
+            for (n, (key, data)) in objects.iter().enumerate() {
+                let mut c = object_client(&endpoints[n % endpoints.len()]).await;
+                let got = get(&mut c, "share", key)
+                    .await
+                    .unwrap_or_else(|e| panic!("{key}: {e}"));
+                assert!(got == *data, "{key} differs");
+            }
+        }
+    };
+
+    // Join: an eighth member registers, is placed, and is filled by recovery.
+    let before = status_of(&cluster.pools().get("default").await.expect("pool")).map_epoch;
+    let new = cluster.fleet.add_agent().await.expect("add agent");
+    cluster
+        .wait_pool("default", "the new member placed and filled", |p| {
+            let s = status_of(p);
+            s.members == 8 && s.map_epoch > before && s.health == Some(PoolHealth::Healthy)
+        })
+        .await
+        .expect("joined");
+    assert_every_pg_whole(&current_map(&cluster, 0).await).await;
+    let counts: Vec<u64> = {
+        let mut v = Vec::new();
+        for i in 0..8 {
+            v.push(shard_count(&cluster, i).await);
+        }
+        v
+    };
+    let mean = counts.iter().sum::<u64>() as f64 / 8.0;
+    assert!(
+        counts[new] as f64 >= 0.5 * mean,
+        "the new member holds {} shards, the mean is {mean:.0}: {counts:?}",
+        counts[new]
+    );
+    check_objects(&cluster, (0..8).collect()).await;
+
+    // Drain: agent-2's positions move away, it ends Drained with no shard left.
+    let nodes: kube::Api<StorageNode> = cluster.nodes();
+    nodes
+        .patch(
+            "agent-2",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"drain": true}})),
+        )
+        .await
+        .expect("set drain");
+    cluster
+        .wait_nodes("agent-2 Drained", |nodes| {
+            nodes.iter().any(|n| {
+                n.metadata.name.as_deref() == Some("agent-2")
+                    && n.status.as_ref().and_then(|s| s.phase) == Some(NodePhase::Drained)
+            })
+        })
+        .await
+        .expect("drained");
+    assert_eq!(
+        shard_count(&cluster, 2).await,
+        0,
+        "a Drained member holds no shard"
+    );
+    let pool = cluster
+        .wait_pool("default", "healthy without agent-2", |p| {
+            let s = status_of(p);
+            s.members == 7 && s.health == Some(PoolHealth::Healthy)
+        })
+        .await
+        .expect("healthy after drain");
+    assert_eq!(status_of(&pool).pgs_clean, 16);
+    let map = current_map(&cluster, 0).await;
+    assert!(map.members.iter().all(|m| m.id != "agent-2"));
+    assert_every_pg_whole(&map).await;
+    // Objects read through the members that stay; agent-2 can now leave with nothing lost.
+    cluster.fleet.kill(2).await.expect("stop agent-2");
+    check_objects(&cluster, vec![0, 1, 3, 4, 5, 6, 7]).await;
+    cluster.shutdown().await.expect("shutdown");
+}

@@ -15,9 +15,14 @@
 //! network. Each PG's outcome is kept as a [`pb::PgReport`] that `GetStatus` hands to the
 //! operator, which clears a PG from its "recovering" set once its leader reports it clean.
 //!
-//! Not done yet: deleting stray shards left on members that no longer hold a position, and
-//! telling a stripe of a version being garbage-collected from a live one (such a stripe may be
-//! rebuilt just before its shards are collected, leaving an orphan).
+//! Shards a member holds for a position it no longer has (it was replaced, drained, or the
+//! PG's acting set moved) are strays. Each member deletes its own strays of a PG only once
+//! the PG's leader reports the PG clean at the current epoch: until then they may be the only
+//! copies a rebuild can read from.
+//!
+//! Not done yet: telling a stripe of a version being garbage-collected from a live one (such a
+//! stripe may be rebuilt just before its shards are collected, leaving an orphan), and stray
+//! manifests (harmless: reads only ask the PG's acting set).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -70,6 +75,7 @@ impl RecoveryState {
 }
 
 struct RecoveryMetrics {
+    strays: IntCounter,
     shards: IntCounter,
     bytes: IntCounter,
     manifests: IntCounter,
@@ -89,6 +95,11 @@ impl RecoveryMetrics {
             "Bytes of shards this member rebuilt and wrote",
         )
         .ok()?;
+        let strays = IntCounter::new(
+            "potluck_recovery_strays_deleted_total",
+            "Shards this member deleted because it no longer holds their position and the PG is clean",
+        )
+        .ok()?;
         let manifests = IntCounter::new(
             "potluck_recovery_manifests_total",
             "Manifests this member copied to PG members that lacked them",
@@ -102,11 +113,13 @@ impl RecoveryMetrics {
             &["state"],
         )
         .ok()?;
+        r.register(Box::new(strays.clone())).ok()?;
         r.register(Box::new(shards.clone())).ok()?;
         r.register(Box::new(bytes.clone())).ok()?;
         r.register(Box::new(manifests.clone())).ok()?;
         r.register(Box::new(pgs.clone())).ok()?;
         Some(Self {
+            strays,
             shards,
             bytes,
             manifests,
@@ -154,7 +167,9 @@ pub async fn run(node: Arc<Node>) {
         let view = node.cluster.view();
         if view.epoch() > 0 && (view.epoch() != last_epoch || Instant::now() >= next_pass) {
             last_epoch = view.epoch();
-            let all_clean = pass(&node, &view, &metrics).await;
+            let led_clean = pass(&node, &view, &metrics).await;
+            let strays_gone = collect_strays(&node, &view, &metrics).await;
+            let all_clean = led_clean && strays_gone;
             next_pass = Instant::now()
                 + if all_clean {
                     node.tuning.recovery_interval
@@ -209,6 +224,109 @@ async fn pass(node: &Node, view: &MapView, metrics: &RecoveryMetrics) -> bool {
     metrics.pgs.with_label_values(&["clean"]).set(clean);
     metrics.pgs.with_label_values(&["degraded"]).set(degraded);
     degraded == 0
+}
+
+/// Deletes this member's shards of positions it does not hold in the current map, PG by PG,
+/// once the PG's leader reports it clean at this epoch. Returns whether none are left.
+async fn collect_strays(node: &Node, view: &MapView, metrics: &RecoveryMetrics) -> bool {
+    let mut leader_reports: HashMap<String, Option<Vec<pb::PgReport>>> = HashMap::new();
+    let mut none_left = true;
+    for pool in &view.map.pools {
+        for (pg, set) in pool.pgs.iter().enumerate() {
+            let Ok(pg) = u32::try_from(pg) else { break };
+            let mine = set.members.iter().position(|m| m == &node.id);
+            let strays = match local_strays(node, &pool.name, pg, mine).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(pool = %pool.name, pg, "cannot list local shards: {e}");
+                    none_left = false;
+                    continue;
+                }
+            };
+            if strays.is_empty() {
+                continue;
+            }
+            let Some(leader) = set.members.iter().find(|m| is_up(view, m)) else {
+                none_left = false;
+                continue;
+            };
+            let clean = if leader == &node.id {
+                node.recovery.reports().iter().any(|r| {
+                    r.pool == pool.name && r.pg == pg && r.clean && r.epoch == view.epoch()
+                })
+            } else {
+                if !leader_reports.contains_key(leader) {
+                    let reports = leader_status(node, view, leader).await;
+                    leader_reports.insert(leader.clone(), reports);
+                }
+                leader_reports
+                    .get(leader)
+                    .and_then(|r| r.as_ref())
+                    .is_some_and(|reports| {
+                        reports.iter().any(|r| {
+                            r.pool == pool.name && r.pg == pg && r.clean && r.epoch == view.epoch()
+                        })
+                    })
+            };
+            if !clean {
+                none_left = false;
+                continue;
+            }
+            for key in strays {
+                match node.with_store(move |s| s.delete_shard(&key)).await {
+                    Ok(true) => metrics.strays.inc(),
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!("cannot delete a stray shard: {e}");
+                        none_left = false;
+                    }
+                }
+            }
+        }
+    }
+    none_left
+}
+
+/// This member's shards of the PG that are not for `position` (all of them when it holds
+/// none), at most `MAX_STRAYS` per call; the next pass takes the rest.
+async fn local_strays(
+    node: &Node,
+    pool: &str,
+    pg: u32,
+    position: Option<usize>,
+) -> Result<Vec<ShardKey>, crate::shard_store::StoreError> {
+    const MAX_STRAYS: usize = 10_000;
+    let mut out = Vec::new();
+    let mut after: Option<ShardKey> = None;
+    loop {
+        let pool = pool.to_string();
+        let from = after.clone();
+        let (items, more) = node
+            .with_store(move |s| s.list_shards(&pool, pg, from.as_ref(), LIST_PAGE as usize))
+            .await?;
+        after = items.last().map(|(k, _)| k.clone());
+        out.extend(
+            items
+                .into_iter()
+                .map(|(k, _)| k)
+                .filter(|k| Some(usize::from(k.shard)) != position),
+        );
+        if !more || after.is_none() || out.len() >= MAX_STRAYS {
+            return Ok(out);
+        }
+    }
+}
+
+async fn leader_status(node: &Node, view: &MapView, leader: &str) -> Option<Vec<pb::PgReport>> {
+    let info = view.member(leader)?;
+    let mut client = node.peers.control_client(leader, &info.endpoint).ok()?;
+    let mut req = tonic::Request::new(pb::GetStatusRequest {});
+    req.set_timeout(node.tuning.manifest_timeout);
+    client
+        .get_status(req)
+        .await
+        .ok()
+        .map(|r| r.into_inner().pgs)
 }
 
 #[derive(Default)]

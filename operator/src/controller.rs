@@ -225,6 +225,10 @@ impl Context {
             .as_ref()
             .map(|s| positions_held(&s.map))
             .unwrap_or_default();
+        let recovering_any = fleet
+            .stored
+            .as_ref()
+            .is_some_and(|s| !s.recovering.is_empty());
         let wall_now = Timestamp::now();
         let now = Instant::now();
         let mut phases = Vec::with_capacity(nodes.len());
@@ -233,13 +237,14 @@ impl Context {
             let renewed = renewals.get(&id).copied().flatten();
             let silent = fleet.clock.observe(&id, renewed, wall_now, now);
             let before = node.status.as_ref().and_then(|s| s.phase);
-            let after = next_phase(
-                before,
-                node.spec.drain,
-                silent,
-                timing,
-                holding.contains(&id),
-            );
+            // A draining member is Drained only once no map position names it, no PG is still
+            // being rebuilt (its old shards may be what a rebuild reads), and it has deleted
+            // its last shard.
+            let holds = holding.contains(&id)
+                || (node.spec.drain
+                    && (recovering_any
+                        || fleet.reports.get(&id).is_none_or(|r| r.shard_count > 0)));
+            let after = next_phase(before, node.spec.drain, silent, timing, holds);
             phases.push((node, before, after, renewed, silent));
         }
         let ids: HashSet<String> = nodes.iter().map(|n| n.name_any()).collect();

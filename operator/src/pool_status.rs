@@ -253,7 +253,17 @@ pub fn pool_status(previous: &StoragePoolStatus, inputs: &PoolInputs<'_>) -> Sto
         .copied()
         .filter(|id| inputs.reports.get(*id).is_none_or(|r| r.epoch < map.epoch))
         .collect();
-    let progressing = if behind.is_empty() {
+    let rebuilding = inputs.recovering.map_or(0, BTreeSet::len);
+    let progressing = if behind.is_empty() && rebuilding > 0 {
+        cond(
+            PROGRESSING,
+            true,
+            "Recovering",
+            format!(
+                "{rebuilding} PGs are being rebuilt onto the members now holding their positions"
+            ),
+        )
+    } else if behind.is_empty() {
         cond(
             PROGRESSING,
             false,
@@ -518,6 +528,7 @@ mod tests {
             .message
             .contains("do not hold their shards yet"));
         assert_eq!(s.health, Some(PoolHealth::Degraded));
+        assert_eq!(cond(&s, PROGRESSING).reason, "Recovering");
     }
 
     #[test]
