@@ -1,4 +1,5 @@
-//! AgentControl: the operator (or `potluck dev up`) pushes cluster maps here.
+//! AgentControl: the operator (or `potluck dev up`) pushes cluster maps here; operators ask
+//! for status and on-demand scrubs.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -8,15 +9,18 @@ use potluck_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use crate::cluster::MapError;
+use crate::keys::MAX_POOL_NAME;
 use crate::node::Node;
+use crate::scrub::{ScrubError, Scrubber};
 
 pub struct Control {
     node: Arc<Node>,
+    scrubber: Arc<Scrubber>,
 }
 
 impl Control {
-    pub fn new(node: Arc<Node>) -> Self {
-        Self { node }
+    pub fn new(node: Arc<Node>, scrubber: Arc<Scrubber>) -> Self {
+        Self { node, scrubber }
     }
 }
 
@@ -76,5 +80,42 @@ impl AgentControl for Control {
             uptime_seconds: self.node.started.elapsed().as_secs(),
             pgs: self.node.recovery.reports(),
         }))
+    }
+
+    /// Runs a scrub pass and answers when it ends; a pass already running (scheduled or on
+    /// demand) makes the call fail at once with ABORTED. A cancelled call stops its pass.
+    async fn scrub(
+        &self,
+        req: Request<pb::ScrubRequest>,
+    ) -> Result<Response<pb::ScrubResponse>, Status> {
+        let t = Instant::now();
+        let r = async {
+            let pool = req.into_inner().pool;
+            let pool = if pool.is_empty() {
+                None
+            } else {
+                let view = self.node.cluster.view();
+                if pool.len() > MAX_POOL_NAME || view.pool(&pool).is_none() {
+                    return Err(Status::not_found(format!(
+                        "pool {pool:?} is not in the cluster map (epoch {}); pools: {}",
+                        view.epoch(),
+                        view.pool_names().join(", ")
+                    )));
+                }
+                Some(pool)
+            };
+            self.scrubber
+                .scrub_now(&self.node, pool)
+                .await
+                .map_err(|e| match e {
+                    ScrubError::Busy => Status::aborted(e.to_string()),
+                    ScrubError::Store(_) => Status::internal(e.to_string()),
+                })
+        }
+        .await;
+        self.node
+            .metrics
+            .observe_result("AgentControl", "Scrub", t, &r);
+        r.map(Response::new)
     }
 }

@@ -18,6 +18,7 @@ pub mod node;
 pub mod peers;
 pub mod recovery;
 pub mod registration;
+pub mod scrub;
 pub mod server;
 pub mod shard_service;
 pub mod shard_store;

@@ -54,6 +54,13 @@ struct Args {
     /// Bytes per second recovery may write (rebuilt shards), e.g. 64MiB.
     #[arg(long, default_value = "64MiB", value_parser = parse_size)]
     recovery_bandwidth: u64,
+    /// Seconds between scrub passes, which re-read every local shard against its hash and
+    /// repair corrupt ones; 0 turns the schedule off (AgentControl.Scrub still works).
+    #[arg(long, default_value_t = 86_400)]
+    scrub_interval_secs: u64,
+    /// Bytes per second a scrub pass may read (and rewrite), e.g. 32MiB.
+    #[arg(long, default_value = "32MiB", value_parser = parse_size)]
+    scrub_bandwidth: u64,
     /// Register as a StorageNode and keep a Lease alive through the Kubernetes
     /// API (credentials from KUBECONFIG or the pod's service account).
     #[arg(long, env = "POTLUCK_KUBERNETES")]
@@ -149,6 +156,8 @@ async fn main() -> anyhow::Result<()> {
             put_memory_bytes: usize::try_from(args.put_memory).unwrap_or(usize::MAX),
             recovery_interval: Duration::from_secs(args.recovery_interval_secs.max(1)),
             recovery_bandwidth: args.recovery_bandwidth.max(1),
+            scrub_interval: Duration::from_secs(args.scrub_interval_secs),
+            scrub_bandwidth: args.scrub_bandwidth.max(1),
             ..Tuning::default()
         },
     };

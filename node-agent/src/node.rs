@@ -39,6 +39,12 @@ pub struct Tuning {
     pub recovery_interval: Duration,
     /// Bytes per second recovery may write, so client I/O keeps its share.
     pub recovery_bandwidth: u64,
+    /// Time between full scrub passes (every local shard re-read against its hash); zero
+    /// leaves scrubbing to `AgentControl.Scrub`.
+    pub scrub_interval: Duration,
+    /// Bytes per second a scrub pass may read and rewrite: a pass touches the whole disk, so
+    /// it must stay a background trickle.
+    pub scrub_bandwidth: u64,
 }
 
 impl Default for Tuning {
@@ -53,6 +59,8 @@ impl Default for Tuning {
             put_memory_bytes: 256 << 20,
             recovery_interval: Duration::from_secs(300),
             recovery_bandwidth: 64 << 20,
+            scrub_interval: Duration::from_secs(86_400),
+            scrub_bandwidth: 32 << 20,
         }
     }
 }

@@ -141,7 +141,8 @@ impl Agent {
         let shards = ShardServiceServer::new(ShardServer::new(node.clone()))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        let control = AgentControlServer::new(Control::new(node.clone()))
+        let scrubber = Arc::new(crate::scrub::Scrubber::new(&node)?);
+        let control = AgentControlServer::new(Control::new(node.clone(), scrubber.clone()))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
 
@@ -152,6 +153,7 @@ impl Agent {
         ));
         let gc_task = tokio::spawn(crate::gc::run(node.clone()));
         let recovery_task = tokio::spawn(crate::recovery::run(node.clone()));
+        let scrub_task = tokio::spawn(crate::scrub::run(node.clone(), scrubber));
 
         let result = tonic::transport::Server::builder()
             .tcp_nodelay(true)
@@ -174,6 +176,7 @@ impl Agent {
             .await;
         gc_task.abort();
         recovery_task.abort();
+        scrub_task.abort();
         metrics_task.abort();
         let store = node.store.clone();
         if let Ok(Err(e)) = tokio::task::spawn_blocking(move || store.flush()).await {

@@ -29,6 +29,7 @@ const CF_META: &str = "meta";
 
 const META_MAP: &[u8] = b"cluster_map";
 const META_MEMBER: &[u8] = b"member_id";
+const META_SCRUB: &[u8] = b"scrub_last_unix_ms";
 
 /// Values at least this large go to blob files.
 const MIN_BLOB_SIZE: u64 = 4096;
@@ -361,6 +362,97 @@ impl ShardStore {
         Ok((out, false))
     }
 
+    /// Every shard held (of `pool`, or of all pools) in key order, after `after` (exclusive):
+    /// what the scrubber walks. Reads only `shard_meta`, so a page costs no blob reads.
+    pub fn list_all_shards(
+        &self,
+        pool: Option<&str>,
+        after: Option<&ShardKey>,
+        limit: usize,
+    ) -> Result<(Vec<(ShardKey, ShardMeta)>, bool), StoreError> {
+        let prefix = match pool {
+            Some(p) => {
+                let mut k = vec![p.len() as u8];
+                k.extend_from_slice(p.as_bytes());
+                k
+            }
+            None => Vec::new(),
+        };
+        let start = match after {
+            Some(a) => {
+                let mut k = a.encode();
+                k.push(0);
+                k
+            }
+            None => prefix.clone(),
+        };
+        let mut out = Vec::new();
+        let iter = self.db.iterator_cf(
+            self.cf(CF_SHARD_META)?,
+            IteratorMode::From(&start, Direction::Forward),
+        );
+        for item in iter {
+            let (k, v) = item?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            if out.len() == limit {
+                return Ok((out, true));
+            }
+            out.push((ShardKey::decode(&k)?, ShardMeta::decode(&v)?));
+        }
+        Ok((out, false))
+    }
+
+    /// Overwrites a shard with repaired bytes, but only while its record is still `seen` (what
+    /// the scrubber found corrupt): if GC deleted it or a writer replaced it meanwhile, the
+    /// repair would resurrect or clobber data, so it is dropped and `Ok(false)` returned.
+    pub fn repair_shard(
+        &self,
+        key: &ShardKey,
+        data: &[u8],
+        seen: &ShardMeta,
+    ) -> Result<bool, StoreError> {
+        if data.len() as u64 != seen.len || blake3::hash(data).as_bytes() != &seen.hash {
+            return Err(StoreError::HashMismatch);
+        }
+        let k = key.encode();
+        let meta_cf = self.cf(CF_SHARD_META)?;
+        let _guard = self.lock_key(&k);
+        match self.db.get_cf(meta_cf, &k)? {
+            Some(v) if ShardMeta::decode(&v)? == *seen => {}
+            _ => return Ok(false),
+        }
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(CF_SHARDS)?, &k, data);
+        batch.put_cf(meta_cf, &k, seen.encode());
+        self.db.write_opt(batch, &self.sync)?;
+        Ok(true)
+    }
+
+    /// When the last full scrub pass ended (unix ms), kept so a restart neither repeats nor
+    /// postpones the schedule.
+    pub fn last_scrub(&self) -> Result<Option<u64>, StoreError> {
+        match self.db.get_cf(self.cf(CF_META)?, META_SCRUB)? {
+            None => Ok(None),
+            Some(v) => {
+                let b: [u8; 8] = v.as_slice().try_into().map_err(|_| {
+                    StoreError::Malformed(format!("scrub time of {} bytes", v.len()))
+                })?;
+                Ok(Some(u64::from_le_bytes(b)))
+            }
+        }
+    }
+
+    pub fn save_last_scrub(&self, unix_ms: u64) -> Result<(), StoreError> {
+        Ok(self.db.put_cf_opt(
+            self.cf(CF_META)?,
+            META_SCRUB,
+            unix_ms.to_le_bytes(),
+            &self.sync,
+        )?)
+    }
+
     /// Stores `m` unless a newer (version, object id) is already there.
     /// Returns whether it was applied. A replaced object version is queued for
     /// shard collection `gc_delay_ms` from now, in the same atomic write.
@@ -661,6 +753,54 @@ mod tests {
             s.get_shard(&key(0, 0, 1)),
             Err(StoreError::Corrupt { .. })
         ));
+    }
+
+    #[test]
+    fn scrub_walks_every_shard_and_repairs_only_what_it_saw() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = ShardStore::open(dir.path(), "a", 1 << 30).unwrap();
+        let other = ShardKey {
+            pool: "other".into(),
+            ..key(0, 0, 0)
+        };
+        for k in [key(1, 0, 0), key(2, 0, 1), key(2, 1, 0), other.clone()] {
+            put(&s, &k, &[k.pg as u8; 5000]);
+        }
+        let (all, more) = s.list_all_shards(None, None, 10).unwrap();
+        assert_eq!(all.len(), 4);
+        assert!(!more);
+        let (page, more) = s.list_all_shards(Some("default"), None, 2).unwrap();
+        assert!(more);
+        let (rest, more) = s
+            .list_all_shards(Some("default"), Some(&page[1].0), 2)
+            .unwrap();
+        assert_eq!((rest.len(), more), (1, false));
+        assert_eq!(
+            s.list_all_shards(Some("other"), None, 10).unwrap().0[0].0,
+            other
+        );
+
+        let k = key(2, 0, 1);
+        let good = [2u8; 5000];
+        let seen = s.get_shard(&k).unwrap().unwrap().1;
+        s.overwrite_raw(&k, &[9u8; 5000]);
+        assert!(matches!(s.get_shard(&k), Err(StoreError::Corrupt { .. })));
+        assert!(matches!(
+            s.repair_shard(&k, &[9u8; 5000], &seen),
+            Err(StoreError::HashMismatch)
+        ));
+        let before = s.stats();
+        assert!(s.repair_shard(&k, &good, &seen).unwrap());
+        assert_eq!(s.get_shard(&k).unwrap().unwrap().0, good);
+        assert_eq!(s.stats(), before, "a repair changes no counts");
+        // Collected meanwhile: the repair must not bring it back.
+        s.delete_shard(&k).unwrap();
+        assert!(!s.repair_shard(&k, &good, &seen).unwrap());
+        assert!(s.get_shard(&k).unwrap().is_none());
+
+        assert_eq!(s.last_scrub().unwrap(), None);
+        s.save_last_scrub(1234).unwrap();
+        assert_eq!(s.last_scrub().unwrap(), Some(1234));
     }
 
     #[test]
