@@ -64,7 +64,15 @@ fn crds_are_cluster_scoped_with_status_short_names_and_columns() {
             StoragePool::crd(),
             "spool",
             vec![
-                "K", "M", "Members", "Used", "Capacity", "Health", "Epoch", "Age",
+                "K",
+                "M",
+                "Members",
+                "Used",
+                "Capacity",
+                "Health",
+                "Heal ETA (s)",
+                "Epoch",
+                "Age",
             ],
         ),
         (

@@ -95,6 +95,12 @@ pub const MIN_DOWN_AFTER: Duration = Duration::from_secs(1);
         description = "Healthy, Degraded, Unavailable or Pending; see the Ready and Degraded conditions"
     ),
     printcolumn(
+        name = "ETA",
+        type_ = "integer",
+        json_path = ".status.healEtaSeconds",
+        description = "Seconds until the bytes still to heal are rebuilt at the current rate; empty when nothing heals"
+    ),
+    printcolumn(
         name = "Epoch",
         type_ = "integer",
         json_path = ".status.mapEpoch",
@@ -118,6 +124,13 @@ pub const MIN_DOWN_AFTER: Duration = Duration::from_secs(1);
         json_path = ".status.pgsDegraded",
         priority = 1,
         description = "PGs short of shards"
+    ),
+    printcolumn(
+        name = "To Heal",
+        type_ = "integer",
+        json_path = ".status.bytesToHeal",
+        priority = 1,
+        description = "Bytes still to rebuild"
     ),
     printcolumn(
         name = "Message",
@@ -218,6 +231,24 @@ pub struct StoragePoolStatus {
     /// Bytes stored on the pool's members, parity included.
     #[serde(default)]
     pub used_bytes: i64,
+
+    /// PGs whose members now named for them are still being given their shards.
+    #[serde(default)]
+    pub pgs_recovering: i32,
+
+    /// Bytes the PGs' leaders found missing and are rebuilding; a lower bound, since a PG not
+    /// checked yet counts nothing.
+    #[serde(default)]
+    pub bytes_to_heal: i64,
+
+    /// Bytes rebuilt per second across the fleet, over the operator's recent passes.
+    #[serde(default)]
+    pub heal_rate_bytes_per_second: i64,
+
+    /// Seconds until bytesToHeal is rebuilt at the current rate; unset when nothing is being
+    /// healed or no rate is known yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heal_eta_seconds: Option<i64>,
 
     /// Epoch of the cluster map this status describes; it only ever rises.
     #[serde(default)]

@@ -134,6 +134,8 @@ fn reports(status: &FleetStatus) -> HashMap<String, AgentReport> {
                     shard_count: s.shard_count,
                     version: s.version.clone(),
                     clean_pgs: vec![],
+                    missing: vec![],
+                    recovered_bytes: 0,
                 },
             ))
         })
@@ -152,6 +154,7 @@ fn pool_view(status: &FleetStatus, name: &str) -> StoragePoolStatus {
             // Which moved positions still wait for their shards only the operator knows.
             recovering: None,
             stuck: &[],
+            heal_rate: 0,
             reports: &reports,
             now: Time(Timestamp::now()),
         },
@@ -367,6 +370,7 @@ mod tests {
                         version: "0.1.0".into(),
                         uptime_seconds: 5,
                         pgs: vec![],
+                        recovered_bytes: 0,
                     })
                 };
                 ((*id).to_string(), r)

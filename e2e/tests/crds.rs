@@ -79,7 +79,7 @@ fn generated_crds_apply_and_the_api_server_enforces_their_rules() {
             "--subresource=status",
             "--type=merge",
             "-p",
-            r#"{"status":{"members":6,"usedBytes":1000,"capacityBytes":60000,"health":"Healthy","mapEpoch":7}}"#,
+            r#"{"status":{"members":6,"usedBytes":1000,"capacityBytes":60000,"health":"Healthy","mapEpoch":7,"healEtaSeconds":42}}"#,
         ],
         None,
     );
@@ -87,13 +87,13 @@ fn generated_crds_apply_and_the_api_server_enforces_their_rules() {
     let header = table_row(&table, 0);
     assert_eq!(
         header,
-        ["NAME", "K", "M", "MEMBERS", "USED", "CAPACITY", "HEALTH", "EPOCH", "AGE"],
+        ["NAME", "K", "M", "MEMBERS", "USED", "CAPACITY", "HEALTH", "ETA", "EPOCH", "AGE"],
         "{table}"
     );
     let row = table_row(&table, 1);
     assert_eq!(
-        &row[..8],
-        ["photos", "4", "2", "6", "1000", "60000", "Healthy", "7"],
+        &row[..9],
+        ["photos", "4", "2", "6", "1000", "60000", "Healthy", "42", "7"],
         "{table}"
     );
     let nodes = cp.kubectl_ok(&["get", "snode"], None);

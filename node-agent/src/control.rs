@@ -79,6 +79,7 @@ impl AgentControl for Control {
             version: env!("CARGO_PKG_VERSION").to_string(),
             uptime_seconds: self.node.started.elapsed().as_secs(),
             pgs: self.node.recovery.reports(),
+            recovered_bytes: self.node.recovery.recovered_bytes(),
         }))
     }
 

@@ -48,9 +48,16 @@ const EPOCH_POLL: Duration = Duration::from_millis(250);
 #[derive(Default)]
 pub struct RecoveryState {
     reports: Mutex<HashMap<(String, u32), pb::PgReport>>,
+    recovered_bytes: std::sync::atomic::AtomicU64,
 }
 
 impl RecoveryState {
+    /// Bytes rebuilt and written since the agent started.
+    pub fn recovered_bytes(&self) -> u64 {
+        self.recovered_bytes
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub fn reports(&self) -> Vec<pb::PgReport> {
         let mut out: Vec<pb::PgReport> = self
             .reports
@@ -391,6 +398,20 @@ async fn recover_pg(
         }
     }
 
+    // What is missing, published before the rebuild starts so that the operator can show
+    // the bytes still to heal while this PG is worked on.
+    let mut pending = report.clone();
+    for info in stripes.values() {
+        let want = (0..width)
+            .filter(|p| live[*p] && info.present & (1 << p) == 0)
+            .count() as u64;
+        pending.missing_shards += want;
+        pending.missing_bytes += want * info.len;
+    }
+    if pending.missing_shards > 0 {
+        node.recovery.set(pending);
+    }
+
     let codec = match node.codecs.get(pool.k, pool.m) {
         Ok(c) => c,
         Err(e) => {
@@ -463,6 +484,9 @@ async fn recover_pg(
                 Ok(()) => {
                     metrics.shards.inc();
                     metrics.bytes.inc_by(len);
+                    node.recovery
+                        .recovered_bytes
+                        .fetch_add(len, std::sync::atomic::Ordering::Relaxed);
                     throttle.wrote(len).await;
                 }
                 Err(e) => {

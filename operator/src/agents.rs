@@ -142,6 +142,13 @@ impl Agents {
                 .filter(|p| p.clean)
                 .map(|p| (p.pool.clone(), p.pg, p.epoch))
                 .collect(),
+            missing: status
+                .pgs
+                .iter()
+                .filter(|p| !p.clean)
+                .map(|p| (p.pool.clone(), p.pg, p.missing_bytes))
+                .collect(),
+            recovered_bytes: status.recovered_bytes,
         };
         if status.epoch > map.epoch {
             let newer = client.get_cluster_map(GetClusterMapRequest {}).await;

@@ -93,6 +93,10 @@ pub struct Context {
 
 #[derive(Default)]
 struct Fleet {
+    /// The fleet's rebuilt-bytes total at the previous pass, and when it was read.
+    healed: Option<(Instant, u64)>,
+    /// Bytes rebuilt per second, smoothed over passes.
+    heal_rate: f64,
     /// When the last pass ended, and the pause it asked for before the next one.
     last_pass: Option<(Instant, Duration)>,
     loaded: bool,
@@ -104,6 +108,7 @@ struct Fleet {
 
 /// What a fleet pass leaves for the pool being reconciled.
 struct Snapshot {
+    heal_rate: u64,
     map: Option<ClusterMap>,
     /// Members that are Out yet still in the map, because no one can take their positions.
     stuck: Vec<String>,
@@ -321,6 +326,19 @@ impl Context {
         }
         fleet.reports.retain(|id, _| ids.contains(id));
 
+        // The healing rate, from the agents' rebuilt-bytes totals (an agent that restarted
+        // starts from zero again, which simply shows as no progress for one pass).
+        let total: u64 = fleet.reports.values().map(|r| r.recovered_bytes).sum();
+        let now_rate = Instant::now();
+        if let Some((at, before)) = fleet.healed {
+            let secs = now_rate.duration_since(at).as_secs_f64();
+            if secs > 0.0 {
+                let sample = total.saturating_sub(before) as f64 / secs;
+                fleet.heal_rate = 0.5 * fleet.heal_rate + 0.5 * sample;
+            }
+        }
+        fleet.healed = Some((now_rate, total));
+
         // PGs whose leader found them whole at the current epoch are recovered.
         if let Some(st) = &fleet.stored {
             let epoch = st.map.epoch;
@@ -434,6 +452,7 @@ impl Context {
         let tick = (timing.down_after / 3).clamp(Duration::from_secs(1), Duration::from_secs(10));
         fleet.last_pass = Some((Instant::now(), tick));
         Ok(Snapshot {
+            heal_rate: fleet.heal_rate.round() as u64,
             stuck,
             map: fleet.stored.as_ref().map(|s| s.map.clone()),
             recovering: fleet
@@ -590,6 +609,7 @@ async fn apply_pool(pool: Arc<StoragePool>, ctx: &Context) -> Result<Action, Err
             map: snap.map.as_ref(),
             recovering: snap.recovering.get(&name),
             stuck: &snap.stuck,
+            heal_rate: snap.heal_rate,
             reports: &snap.reports,
             now: Time(Timestamp::now()),
         },
@@ -608,6 +628,8 @@ async fn apply_pool(pool: Arc<StoragePool>, ctx: &Context) -> Result<Action, Err
         snap.recovering.get(&name).map_or(0, BTreeSet::len),
         condition::is_true(&after.conditions, READY),
     );
+    ctx.metrics
+        .set_healing(&name, after.bytes_to_heal, after.heal_rate_bytes_per_second);
     if after.map_epoch > before.map_epoch {
         ctx.event(
             &*pool,
@@ -846,6 +868,8 @@ mod tests {
                         shard_count: 0,
                         version: "0.1.0".into(),
                         clean_pgs: vec![],
+                        missing: vec![],
+                        recovered_bytes: 0,
                     },
                 )
             })
@@ -860,6 +884,7 @@ mod tests {
                     map: Some(m),
                     recovering: None,
                     stuck: &[],
+                    heal_rate: 0,
                     reports: &reports,
                     now: Time(Timestamp::now()),
                 },

@@ -29,6 +29,8 @@ pub struct Metrics {
     members: IntGaugeVec,
     pgs: IntGaugeVec,
     pgs_recovering: IntGaugeVec,
+    bytes_to_heal: IntGaugeVec,
+    heal_rate: IntGauge,
     pool_ready: IntGaugeVec,
     map_epoch: IntGauge,
     agent_calls: IntCounterVec,
@@ -112,6 +114,19 @@ impl Metrics {
         registry.register(Box::new(members.clone()))?;
         registry.register(Box::new(pgs.clone()))?;
         registry.register(Box::new(pgs_recovering.clone()))?;
+        let bytes_to_heal = IntGaugeVec::new(
+            Opts::new(
+                "potluck_operator_bytes_to_heal",
+                "Bytes the PGs' leaders found missing and are rebuilding, by pool (a lower bound)",
+            ),
+            &["pool"],
+        )?;
+        let heal_rate = IntGauge::new(
+            "potluck_operator_heal_rate_bytes_per_second",
+            "Bytes rebuilt per second across the fleet, over the operator's recent passes",
+        )?;
+        registry.register(Box::new(bytes_to_heal.clone()))?;
+        registry.register(Box::new(heal_rate.clone()))?;
         registry.register(Box::new(pool_ready.clone()))?;
         registry.register(Box::new(map_epoch.clone()))?;
         registry.register(Box::new(agent_calls.clone()))?;
@@ -129,6 +144,8 @@ impl Metrics {
             members,
             pgs,
             pgs_recovering,
+            bytes_to_heal,
+            heal_rate,
             pool_ready,
             map_epoch,
             agent_calls,
@@ -177,7 +194,15 @@ impl Metrics {
             .set(i64::from(ready));
     }
 
+    pub fn set_healing(&self, pool: &str, bytes_to_heal: i64, rate: i64) {
+        self.bytes_to_heal
+            .with_label_values(&[pool])
+            .set(bytes_to_heal);
+        self.heal_rate.set(rate);
+    }
+
     pub fn forget_pool(&self, pool: &str) {
+        let _ = self.bytes_to_heal.remove_label_values(&[pool]);
         for state in ["clean", "degraded"] {
             let _ = self.pgs.remove_label_values(&[pool, state]);
         }

@@ -20,6 +20,10 @@ pub struct AgentReport {
     /// PGs this agent leads that its last recovery pass found clean, with the epoch of the map
     /// that pass checked against.
     pub clean_pgs: Vec<(String, u32, u64)>,
+    /// PGs it leads that are not clean, with the bytes found missing: `(pool, pg, bytes)`.
+    pub missing: Vec<(String, u32, u64)>,
+    /// Bytes it has rebuilt since it started.
+    pub recovered_bytes: u64,
 }
 
 /// Everything a pool's status depends on.
@@ -34,6 +38,8 @@ pub struct PoolInputs<'a> {
     /// Members that are Out but still hold positions, because too few failure domains are left
     /// to move them to.
     pub stuck: &'a [String],
+    /// Bytes rebuilt per second across the fleet lately.
+    pub heal_rate: u64,
     pub reports: &'a HashMap<String, AgentReport>,
     pub now: Time,
 }
@@ -254,6 +260,20 @@ pub fn pool_status(previous: &StoragePoolStatus, inputs: &PoolInputs<'_>) -> Sto
         .filter(|id| inputs.reports.get(*id).is_none_or(|r| r.epoch < map.epoch))
         .collect();
     let rebuilding = inputs.recovering.map_or(0, BTreeSet::len);
+    status.pgs_recovering = count(rebuilding);
+    let to_heal: u64 = inputs
+        .reports
+        .values()
+        .flat_map(|r| r.missing.iter())
+        .filter(|(pool, pg, _)| {
+            pool == inputs.name && inputs.recovering.is_some_and(|r| r.contains(pg))
+        })
+        .map(|(_, _, bytes)| *bytes)
+        .sum();
+    status.bytes_to_heal = clamp(to_heal);
+    status.heal_rate_bytes_per_second = clamp(inputs.heal_rate);
+    status.heal_eta_seconds =
+        (rebuilding > 0 && inputs.heal_rate > 0).then(|| clamp(to_heal.div_ceil(inputs.heal_rate)));
     let progressing = if behind.is_empty() && rebuilding > 0 {
         cond(
             PROGRESSING,
@@ -419,6 +439,8 @@ mod tests {
                         shard_count: 1,
                         version: "0.1.0".into(),
                         clean_pgs: vec![],
+                        missing: vec![],
+                        recovered_bytes: 0,
                     },
                 )
             })
@@ -437,6 +459,7 @@ mod tests {
             map,
             recovering: None,
             stuck: &[],
+            heal_rate: 0,
             reports,
             now: now(t),
         }
@@ -532,6 +555,33 @@ mod tests {
     }
 
     #[test]
+    fn healing_progress_gives_bytes_to_heal_and_an_eta() {
+        let m = map(&[("a", Up), ("b", Up), ("c", Up)], "");
+        let mut r = reports(&["a", "b", "c"], 7);
+        if let Some(a) = r.get_mut("a") {
+            a.missing = vec![
+                ("p".into(), 1, 3000),
+                ("p".into(), 0, 500),
+                ("other".into(), 1, 9),
+            ];
+        }
+        let pending = BTreeSet::from([1]);
+        let mut i = inputs(Some(&m), &r, 0);
+        i.recovering = Some(&pending);
+        i.heal_rate = 1000;
+        let s = pool_status(&StoragePoolStatus::default(), &i);
+        // Only this pool's recovering PGs count.
+        assert_eq!(s.bytes_to_heal, 3000);
+        assert_eq!(s.pgs_recovering, 1);
+        assert_eq!(s.heal_eta_seconds, Some(3));
+        assert_eq!(s.heal_rate_bytes_per_second, 1000);
+        // No rate yet: no ETA rather than a made-up one.
+        i.heal_rate = 0;
+        let s = pool_status(&StoragePoolStatus::default(), &i);
+        assert_eq!(s.heal_eta_seconds, None);
+    }
+
+    #[test]
     fn members_behind_the_map_mean_progressing() {
         let m = map(&[("a", Up), ("b", Up), ("c", Up)], "");
         let mut r = reports(&["a", "b"], 7);
@@ -543,6 +593,8 @@ mod tests {
                 shard_count: 0,
                 version: "0.1.0".into(),
                 clean_pgs: vec![],
+                missing: vec![],
+                recovered_bytes: 0,
             },
         );
         let s = pool_status(&StoragePoolStatus::default(), &inputs(Some(&m), &r, 0));
