@@ -64,15 +64,7 @@ fn crds_are_cluster_scoped_with_status_short_names_and_columns() {
             StoragePool::crd(),
             "spool",
             vec![
-                "K",
-                "M",
-                "Members",
-                "Used",
-                "Capacity",
-                "Health",
-                "Heal ETA (s)",
-                "Epoch",
-                "Age",
+                "K", "M", "Members", "Used", "Capacity", "Health", "ETA", "Epoch", "Age",
             ],
         ),
         (
