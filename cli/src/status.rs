@@ -31,6 +31,32 @@ pub struct FleetStatus {
     pub map: ClusterMap,
     /// Each member's answer, or why there was none.
     pub members: HashMap<String, Result<AgentStatus, String>>,
+    /// Bytes rebuilt per second across the fleet, measured over a short window when
+    /// something was being healed.
+    pub heal_rate: Option<f64>,
+}
+
+/// How long the rebuilt-bytes counters are watched to estimate the healing rate.
+const RATE_WINDOW: Duration = Duration::from_secs(2);
+
+/// Bytes the PG leaders found missing and still have to rebuild.
+pub fn bytes_to_heal(status: &FleetStatus) -> u64 {
+    status
+        .members
+        .values()
+        .filter_map(|r| r.as_ref().ok())
+        .flat_map(|s| s.pgs.iter())
+        .filter(|p| !p.clean)
+        .map(|p| p.missing_bytes)
+        .sum()
+}
+
+fn recovered_total(members: &HashMap<String, Result<AgentStatus, String>>) -> u64 {
+    members
+        .values()
+        .filter_map(|r| r.as_ref().ok())
+        .map(|s| s.recovered_bytes)
+        .sum()
 }
 
 /// Asks every endpoint for its map, keeps the newest, then asks every member in it for its
@@ -71,7 +97,31 @@ pub async fn fetch(endpoints: &[String], timeout: Duration) -> Result<FleetStatu
         .iter()
         .map(|m| (m.id.clone(), format!("http://{}", m.endpoint)))
         .collect();
-    let members = stream::iter(targets)
+    let first = ask_members(&targets, timeout).await;
+    let mut status = FleetStatus {
+        map,
+        members: first,
+        heal_rate: None,
+    };
+    if bytes_to_heal(&status) > 0 {
+        // Something is being rebuilt: watch the counters for a moment to give a rate and ETA.
+        let before = recovered_total(&status.members);
+        let started = std::time::Instant::now();
+        tokio::time::sleep(RATE_WINDOW).await;
+        let second = ask_members(&targets, timeout).await;
+        let secs = started.elapsed().as_secs_f64();
+        let after = recovered_total(&second);
+        status.heal_rate = Some(after.saturating_sub(before) as f64 / secs.max(0.001));
+        status.members = second;
+    }
+    Ok(status)
+}
+
+async fn ask_members(
+    targets: &[(String, String)],
+    timeout: Duration,
+) -> HashMap<String, Result<AgentStatus, String>> {
+    stream::iter(targets.iter().cloned())
         .map(|(id, uri)| async move {
             let r = async {
                 let mut c = connect(&uri, timeout).await?;
@@ -85,8 +135,7 @@ pub async fn fetch(endpoints: &[String], timeout: Duration) -> Result<FleetStatu
         })
         .buffer_unordered(CONCURRENCY)
         .collect()
-        .await;
-    Ok(FleetStatus { map, members })
+        .await
 }
 
 async fn connect(
@@ -273,6 +322,29 @@ pub fn render(status: &FleetStatus) -> String {
         }
     }
     out.push_str(&table(&rows));
+    let to_heal = bytes_to_heal(status);
+    let healing_pgs = status
+        .members
+        .values()
+        .filter_map(|r| r.as_ref().ok())
+        .flat_map(|s| s.pgs.iter())
+        .filter(|p| !p.clean)
+        .count();
+    if healing_pgs > 0 {
+        let eta = match status.heal_rate {
+            Some(rate) if rate >= 1.0 => format!(
+                ", {}/s, about {} s to go",
+                format_size(rate as u64),
+                (to_heal as f64 / rate).ceil() as u64
+            ),
+            Some(_) => ", no progress in the last 2 s".to_string(),
+            None => String::new(),
+        };
+        out.push_str(&format!(
+            "\nHealing: {healing_pgs} PGs not whole, {} to rebuild{eta}\n",
+            format_size(to_heal)
+        ));
+    }
     if !notes.is_empty() {
         out.push('\n');
         for n in notes {
@@ -376,7 +448,11 @@ mod tests {
                 ((*id).to_string(), r)
             })
             .collect();
-        FleetStatus { map, members }
+        FleetStatus {
+            map,
+            members,
+            heal_rate: None,
+        }
     }
 
     #[test]
@@ -397,6 +473,30 @@ mod tests {
         );
         assert!(!text.contains('!'), "{text}");
         assert_eq!(worst_health(&s), PoolHealth::Healthy);
+    }
+
+    #[test]
+    fn healing_shows_what_is_left_and_when_it_ends() {
+        let mut s = fleet(&[], &[]);
+        if let Some(Ok(a)) = s.members.get_mut("a") {
+            a.pgs = vec![potluck_proto::v1::PgReport {
+                pool: "media".into(),
+                pg: 1,
+                epoch: 4,
+                clean: false,
+                missing_shards: 3,
+                missing_bytes: 3 << 20,
+                unrecoverable_stripes: 0,
+            }];
+        }
+        s.heal_rate = Some(1024.0 * 1024.0);
+        let text = render(&s);
+        assert!(
+            text.contains("Healing: 1 PGs not whole, 3 MiB to rebuild, 1 MiB/s, about 3 s to go"),
+            "{text}"
+        );
+        s.heal_rate = Some(0.0);
+        assert!(render(&s).contains("no progress in the last 2 s"));
     }
 
     #[test]
