@@ -17,8 +17,10 @@
 //!
 //! Shards a member holds for a position it no longer has (it was replaced, drained, or the
 //! PG's acting set moved) are strays. Each member deletes its own strays of a PG only once
-//! the PG's leader reports the PG clean at the current epoch: until then they may be the only
-//! copies a rebuild can read from.
+//! the PG's leader reports the PG clean at the current epoch *and* the member now holding each
+//! stray's position is seen holding that very shard: until then they may be the only copies.
+//! The leader also reads strays as sources, so a PG whose every position moved in one epoch
+//! is rebuilt from its previous holders.
 //!
 //! Not done yet: telling a stripe of a version being garbage-collected from a live one (such a
 //! stripe may be rebuilt just before its shards are collected, leaving an orphan), and stray
@@ -35,6 +37,9 @@ use prometheus::{IntCounter, IntGaugeVec, Opts};
 use crate::cluster::MapView;
 use crate::keys::{ShardKey, OBJECT_ID_LEN};
 use crate::node::Node;
+
+/// A stripe of an object version: (object id, stripe index).
+type StripeId = ([u8; OBJECT_ID_LEN], u32);
 
 /// Shards asked for per listing call.
 const LIST_PAGE: u32 = 1000;
@@ -279,7 +284,45 @@ async fn collect_strays(node: &Node, view: &MapView, metrics: &RecoveryMetrics) 
                 none_left = false;
                 continue;
             }
+            // A clean report is a snapshot: delete a stray only when the member now holding
+            // its position is seen holding the same shard, so that a write that reached the
+            // old holders after the report, or a PG whose leader never saw these stripes,
+            // cannot lose its last copies.
+            let mut held: HashMap<usize, std::collections::HashSet<StripeId>> = HashMap::new();
+            let mut deletable = Vec::new();
             for key in strays {
+                let pos = usize::from(key.shard);
+                let Some(holder) = set.members.get(pos) else {
+                    none_left = false;
+                    continue;
+                };
+                if let std::collections::hash_map::Entry::Vacant(slot) = held.entry(pos) {
+                    let copies = if is_up(view, holder) {
+                        list_pg_shards(node, view, holder, &pool.name, pg)
+                            .await
+                            .map(|items| {
+                                items
+                                    .into_iter()
+                                    .filter(|(k, _)| usize::from(k.shard) == pos)
+                                    .map(|(k, _)| (k.object_id, k.stripe))
+                                    .collect()
+                            })
+                            .unwrap_or_default()
+                    } else {
+                        Default::default()
+                    };
+                    slot.insert(copies);
+                }
+                if held
+                    .get(&pos)
+                    .is_some_and(|h| h.contains(&(key.object_id, key.stripe)))
+                {
+                    deletable.push(key);
+                } else {
+                    none_left = false;
+                }
+            }
+            for key in deletable {
                 match node.with_store(move |s| s.delete_shard(&key)).await {
                     Ok(true) => metrics.strays.inc(),
                     Ok(false) => {}
@@ -336,6 +379,28 @@ async fn leader_status(node: &Node, view: &MapView, leader: &str) -> Option<Vec<
         .map(|r| r.into_inner().pgs)
 }
 
+/// Every shard of the PG on `member`, with its length.
+async fn list_pg_shards(
+    node: &Node,
+    view: &MapView,
+    member: &str,
+    pool: &str,
+    pg: u32,
+) -> Result<Vec<(ShardKey, u64)>, crate::peers::PeerError> {
+    let mut out = Vec::new();
+    let mut after: Option<ShardKey> = None;
+    loop {
+        let (items, more) = node
+            .list_shards(view, member, pool, pg, after.clone(), LIST_PAGE)
+            .await?;
+        after = items.last().map(|(k, _)| k.clone());
+        out.extend(items);
+        if !more || after.is_none() {
+            return Ok(out);
+        }
+    }
+}
+
 #[derive(Default)]
 struct StripeInfo {
     len: u64,
@@ -365,36 +430,51 @@ async fn recover_pg(
     let mut live: Vec<bool> = members.iter().map(|m| is_up(view, m)).collect();
 
     // What each member holds of the PG's stripes.
-    let mut stripes: BTreeMap<([u8; OBJECT_ID_LEN], u32), StripeInfo> = BTreeMap::new();
+    let mut stripes: BTreeMap<StripeId, StripeInfo> = BTreeMap::new();
     for (pos, member) in members.iter().enumerate() {
         if !live[pos] {
             continue;
         }
-        let mut after: Option<ShardKey> = None;
-        loop {
-            match node
-                .list_shards(view, member, &pool.name, pg, after.clone(), LIST_PAGE)
-                .await
-            {
-                Ok((items, more)) => {
-                    for (key, len) in &items {
-                        if usize::from(key.shard) == pos {
-                            let s = stripes.entry((key.object_id, key.stripe)).or_default();
-                            s.len = *len;
-                            s.present |= 1 << pos;
-                        }
+        match list_pg_shards(node, view, member, &pool.name, pg).await {
+            Ok(items) => {
+                for (key, len) in &items {
+                    if usize::from(key.shard) == pos {
+                        let s = stripes.entry((key.object_id, key.stripe)).or_default();
+                        s.len = *len;
+                        s.present |= 1 << pos;
                     }
-                    after = items.last().map(|(k, _)| k.clone());
-                    if !more || after.is_none() {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    tracing::debug!(%member, pool = %pool.name, pg, "cannot list shards: {e}");
-                    live[pos] = false;
-                    break;
                 }
             }
+            Err(e) => {
+                tracing::debug!(%member, pool = %pool.name, pg, "cannot list shards: {e}");
+                live[pos] = false;
+            }
+        }
+    }
+    // Shards on members outside the acting set: the previous holders of positions that
+    // moved. They are sources for rebuilding (when every position of a PG moves in one epoch
+    // they are the only ones), and they keep them until the new holders have copies.
+    let mut elsewhere: HashMap<StripeId, Vec<(usize, String)>> = HashMap::new();
+    let outsiders: Vec<String> = view
+        .members()
+        .filter(|m| !members.contains(&m.id) && is_up(view, &m.id))
+        .map(|m| m.id.clone())
+        .collect();
+    for member in outsiders {
+        let Ok(items) = list_pg_shards(node, view, &member, &pool.name, pg).await else {
+            continue;
+        };
+        for (key, len) in items {
+            let pos = usize::from(key.shard);
+            if pos >= width {
+                continue;
+            }
+            let s = stripes.entry((key.object_id, key.stripe)).or_default();
+            s.len = len;
+            elsewhere
+                .entry((key.object_id, key.stripe))
+                .or_default()
+                .push((pos, member.clone()));
         }
     }
 
@@ -435,11 +515,22 @@ async fn recover_pg(
         };
         let mut shards: Vec<Option<Vec<u8>>> = vec![None; width];
         let mut got = 0;
-        for pos in (0..width).filter(|p| info.present & (1 << p) != 0) {
+        // Sources per position: its holder in the acting set first, then older copies.
+        let mut sources: Vec<(usize, &str)> = (0..width)
+            .filter(|p| info.present & (1 << p) != 0)
+            .map(|p| (p, members[p].as_str()))
+            .collect();
+        if let Some(more) = elsewhere.get(&(*object_id, *stripe)) {
+            sources.extend(more.iter().map(|(p, m)| (*p, m.as_str())));
+        }
+        for (pos, member) in sources {
             if got == k {
                 break;
             }
-            if let Ok(Some(data)) = node.get_shard(view, &members[pos], key(pos)).await {
+            if shards[pos].is_some() {
+                continue;
+            }
+            if let Ok(Some(data)) = node.get_shard(view, member, key(pos)).await {
                 if data.len() as u64 == info.len {
                     shards[pos] = Some(data.to_vec());
                     got += 1;

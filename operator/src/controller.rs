@@ -204,7 +204,12 @@ impl Context {
                     epoch = newest.epoch,
                     "no stored map; continuing from the newest map the agents hold"
                 );
-                let saved = self.store.save(&newest, &Recovering::new(), None).await?;
+                let saved = self.store.save(&newest, &Recovering::new(), None).await;
+                if matches!(saved, Err(StoreError::Conflict)) {
+                    // Someone stored a map meanwhile: read it on the next pass.
+                    fleet.loaded = false;
+                }
+                let saved = saved?;
                 self.metrics.set_epoch(newest.epoch);
                 fleet.stored = Some(saved);
             }
