@@ -22,4 +22,5 @@ pub mod scrub;
 pub mod server;
 pub mod shard_service;
 pub mod shard_store;
+pub mod throttle;
 pub mod validate;

@@ -37,6 +37,7 @@ use prometheus::{IntCounter, IntGaugeVec, Opts};
 use crate::cluster::MapView;
 use crate::keys::{ShardKey, OBJECT_ID_LEN};
 use crate::node::Node;
+use crate::throttle::Throttle;
 
 /// A stripe of an object version: (object id, stripe index).
 type StripeId = ([u8; OBJECT_ID_LEN], u32);
@@ -137,33 +138,6 @@ impl RecoveryMetrics {
             manifests,
             pgs,
         })
-    }
-}
-
-/// Keeps writes under a byte rate, measured over the whole pass.
-struct Throttle {
-    started: Instant,
-    bytes: u64,
-    rate: u64,
-}
-
-impl Throttle {
-    fn new(rate: u64) -> Self {
-        Self {
-            started: Instant::now(),
-            bytes: 0,
-            rate: rate.max(1),
-        }
-    }
-
-    /// Records `bytes` written and waits until the pass is back under its rate: this pause is
-    /// the rate limit itself.
-    async fn wrote(&mut self, bytes: u64) {
-        self.bytes += bytes;
-        let due = Duration::from_secs_f64(self.bytes as f64 / self.rate as f64);
-        if let Some(wait) = due.checked_sub(self.started.elapsed()) {
-            tokio::time::sleep(wait).await;
-        }
     }
 }
 
@@ -578,7 +552,7 @@ async fn recover_pg(
                     node.recovery
                         .recovered_bytes
                         .fetch_add(len, std::sync::atomic::Ordering::Relaxed);
-                    throttle.wrote(len).await;
+                    throttle.spent(len).await;
                 }
                 Err(e) => {
                     tracing::debug!(member = %members[pos], "recovery write failed: {e}");

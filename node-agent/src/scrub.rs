@@ -25,7 +25,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use potluck_proto::v1 as pb;
 use prometheus::{IntCounter, IntGauge};
@@ -34,6 +34,7 @@ use crate::cluster::MapView;
 use crate::keys::ShardKey;
 use crate::node::{now_unix_ms, Node};
 use crate::shard_store::{ShardMeta, StoreError};
+use crate::throttle::Throttle;
 
 /// Shard records listed per store call.
 const PAGE: usize = 256;
@@ -380,33 +381,6 @@ async fn repair(node: &Node, key: &ShardKey, seen: ShardMeta) -> Outcome {
     }
 }
 
-/// Keeps a pass's reads and writes under a byte rate, measured over the whole pass.
-struct Throttle {
-    started: Instant,
-    bytes: u64,
-    rate: u64,
-}
-
-impl Throttle {
-    fn new(rate: u64) -> Self {
-        Self {
-            started: Instant::now(),
-            bytes: 0,
-            rate: rate.max(1),
-        }
-    }
-
-    /// Records `bytes` read or written and waits until the pass is back under its rate: this
-    /// pause is the rate limit itself.
-    async fn spent(&mut self, bytes: u64) {
-        self.bytes += bytes;
-        let due = Duration::from_secs_f64(self.bytes as f64 / self.rate as f64);
-        if let Some(wait) = due.checked_sub(self.started.elapsed()) {
-            tokio::time::sleep(wait).await;
-        }
-    }
-}
-
 /// The scheduled worker: runs until the agent stops.
 pub async fn run(node: Arc<Node>, scrubber: Arc<Scrubber>) {
     match node.with_store(|s| s.last_scrub()).await {
@@ -446,18 +420,5 @@ pub async fn run(node: Arc<Node>, scrubber: Arc<Scrubber>) {
             // Wait before trying again, as the schedule would.
             tokio::time::sleep(interval.min(SCHEDULE_POLL)).await;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn throttle_holds_the_rate() {
-        let mut t = Throttle::new(1000);
-        let start = Instant::now();
-        t.spent(100).await;
-        assert!(start.elapsed() >= Duration::from_millis(90));
     }
 }
