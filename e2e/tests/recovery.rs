@@ -88,13 +88,11 @@ async fn assert_every_pg_whole(map: &ClusterMap) {
     assert!(stripes_seen > 0, "the pool holds no stripes at all");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn three_members_die_one_after_another_and_nothing_is_lost() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let cp = ControlPlane::start(&dir.path().join("cp"));
-    let mut fleet = FleetConfig::new(dir.path().join("fleet"));
-    // Nine members: after three are gone, six remain for 4+2's six positions.
-    fleet.agents = 9;
+/// `agents` members in Kubernetes mode and a 4+2 pool of 16 PGs with 64 KiB chunks, whose
+/// members go Down after 2 s of silence and Out after 4 s.
+async fn start_cluster(dir: &std::path::Path, cp: &ControlPlane, agents: usize) -> DevCluster {
+    let mut fleet = FleetConfig::new(dir.join("fleet"));
+    fleet.agents = agents;
     let mut spec = StoragePoolSpec::with_defaults(4, 2);
     spec.pg_count = 16;
     spec.chunk_size = 64 * 1024;
@@ -104,7 +102,15 @@ async fn three_members_die_one_after_another_and_nothing_is_lost() {
     cfg.lease_duration_secs = 1;
     cfg.pool = Some(("default".into(), spec));
     cfg.stage_timeout = LIMIT;
-    let mut cluster = DevCluster::start(cfg).await.expect("dev cluster");
+    DevCluster::start(cfg).await.expect("dev cluster")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_members_die_one_after_another_and_nothing_is_lost() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cp = ControlPlane::start(&dir.path().join("cp"));
+    // Nine members: after three are gone, six remain for 4+2's six positions.
+    let mut cluster = start_cluster(dir.path(), &cp, 9).await;
 
     // Objects of mixed sizes: empty, smaller than a chunk, several stripes.
     let mut objects = BTreeMap::new();
@@ -214,18 +220,7 @@ async fn a_new_member_takes_its_share_and_a_drained_member_ends_empty() {
 
     let dir = tempfile::tempdir().expect("temp dir");
     let cp = ControlPlane::start(&dir.path().join("cp"));
-    let mut fleet = FleetConfig::new(dir.path().join("fleet"));
-    fleet.agents = 7;
-    let mut spec = StoragePoolSpec::with_defaults(4, 2);
-    spec.pg_count = 16;
-    spec.chunk_size = 64 * 1024;
-    spec.down_after = "2s".into();
-    spec.out_after = "4s".into();
-    let mut cfg = DevClusterConfig::new(fleet, &cp.kubeconfig);
-    cfg.lease_duration_secs = 1;
-    cfg.pool = Some(("default".into(), spec));
-    cfg.stage_timeout = LIMIT;
-    let mut cluster = DevCluster::start(cfg).await.expect("dev cluster");
+    let mut cluster = start_cluster(dir.path(), &cp, 7).await;
 
     let mut objects = BTreeMap::new();
     for i in 0..30usize {

@@ -39,11 +39,17 @@ fn check_pool(pool: &str) -> Result<(), KeyError> {
     Ok(())
 }
 
-/// Prefix of every shard key of one PG.
-pub fn pg_prefix(pool: &str, pg: u32) -> Vec<u8> {
+/// Prefix of every shard key, and every manifest key, of one pool.
+pub fn pool_prefix(pool: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + pool.len() + 4);
     k.push(pool.len() as u8);
     k.extend_from_slice(pool.as_bytes());
+    k
+}
+
+/// Prefix of every shard key of one PG.
+pub fn pg_prefix(pool: &str, pg: u32) -> Vec<u8> {
+    let mut k = pool_prefix(pool);
     k.extend_from_slice(&pg.to_be_bytes());
     k
 }
@@ -110,9 +116,7 @@ impl ShardKey {
 
 /// Prefix of every manifest key of one bucket in one pool.
 pub fn bucket_prefix(pool: &str, bucket: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(2 + pool.len() + bucket.len());
-    k.push(pool.len() as u8);
-    k.extend_from_slice(pool.as_bytes());
+    let mut k = pool_prefix(pool);
     k.push(bucket.len() as u8);
     k.extend_from_slice(bucket.as_bytes());
     k

@@ -335,31 +335,7 @@ impl ShardStore {
         after: Option<&ShardKey>,
         limit: usize,
     ) -> Result<(Vec<(ShardKey, ShardMeta)>, bool), StoreError> {
-        let prefix = keys::pg_prefix(pool, pg);
-        let start = match after {
-            Some(a) => {
-                let mut k = a.encode();
-                k.push(0);
-                k
-            }
-            None => prefix.clone(),
-        };
-        let mut out = Vec::new();
-        let iter = self.db.iterator_cf(
-            self.cf(CF_SHARD_META)?,
-            IteratorMode::From(&start, Direction::Forward),
-        );
-        for item in iter {
-            let (k, v) = item?;
-            if !k.starts_with(&prefix) {
-                break;
-            }
-            if out.len() == limit {
-                return Ok((out, true));
-            }
-            out.push((ShardKey::decode(&k)?, ShardMeta::decode(&v)?));
-        }
-        Ok((out, false))
+        self.scan_shard_meta(&keys::pg_prefix(pool, pg), after, limit)
     }
 
     /// Every shard held (of `pool`, or of all pools) in key order, after `after` (exclusive):
@@ -370,21 +346,25 @@ impl ShardStore {
         after: Option<&ShardKey>,
         limit: usize,
     ) -> Result<(Vec<(ShardKey, ShardMeta)>, bool), StoreError> {
-        let prefix = match pool {
-            Some(p) => {
-                let mut k = vec![p.len() as u8];
-                k.extend_from_slice(p.as_bytes());
-                k
-            }
-            None => Vec::new(),
-        };
+        let prefix = pool.map(keys::pool_prefix).unwrap_or_default();
+        self.scan_shard_meta(&prefix, after, limit)
+    }
+
+    /// One page of `shard_meta` entries under `prefix`, after `after` (exclusive); the flag
+    /// says whether more follow.
+    fn scan_shard_meta(
+        &self,
+        prefix: &[u8],
+        after: Option<&ShardKey>,
+        limit: usize,
+    ) -> Result<(Vec<(ShardKey, ShardMeta)>, bool), StoreError> {
         let start = match after {
             Some(a) => {
                 let mut k = a.encode();
                 k.push(0);
                 k
             }
-            None => prefix.clone(),
+            None => prefix.to_vec(),
         };
         let mut out = Vec::new();
         let iter = self.db.iterator_cf(
@@ -393,7 +373,7 @@ impl ShardStore {
         );
         for item in iter {
             let (k, v) = item?;
-            if !k.starts_with(&prefix) {
+            if !k.starts_with(prefix) {
                 break;
             }
             if out.len() == limit {
@@ -555,8 +535,7 @@ impl ShardStore {
         after: Option<(&str, &str)>,
         limit: usize,
     ) -> Result<(Vec<pb::Manifest>, bool), StoreError> {
-        let mut pool_prefix = vec![pool.len() as u8];
-        pool_prefix.extend_from_slice(pool.as_bytes());
+        let pool_prefix = keys::pool_prefix(pool);
         let start = match after {
             Some((b, k)) => {
                 let mut s = keys::manifest_key(pool, b, k);
