@@ -134,14 +134,67 @@ pub fn stripe_pg(object_id: &[u8], stripe: u64, pg_count: u32) -> u32 {
     (hash64(&[b"stripe", object_id, &stripe.to_le_bytes()]) % u64::from(pg_count.max(1))) as u32
 }
 
+/// Where `bucket/key`'s manifest lives, independent of the PG count: also carried inside
+/// every object id of the key, so a shard alone says where to look for its manifest.
+pub fn key_hash(bucket: &str, key: &str) -> u32 {
+    (hash64(&[b"manifest", bucket.as_bytes(), key.as_bytes()]) >> 32) as u32
+}
+
 /// PG holding the manifest of `bucket/key`.
 pub fn manifest_pg(bucket: &str, key: &str, pg_count: u32) -> u32 {
-    (hash64(&[b"manifest", bucket.as_bytes(), key.as_bytes()]) % u64::from(pg_count.max(1))) as u32
+    key_hash(bucket, key) % pg_count.max(1)
+}
+
+/// A new object id for a version of `bucket/key` created at `now_ms`.
+///
+/// Layout: 6 bytes of creation time (unix ms, big-endian), 4 bytes of [`key_hash`], 6 random
+/// bytes. Any member holding a stripe can then tell how old it is and which PG must hold a
+/// manifest naming it, which is how stripes of puts that died half way are found without an
+/// index (`recovery`). Ids stay unique: two versions of one key would have to start in the
+/// same millisecond and draw the same 48 random bits.
+pub fn new_object_id(bucket: &str, key: &str, now_ms: u64) -> [u8; 16] {
+    let mut id = [0u8; 16];
+    id[..6].copy_from_slice(&now_ms.to_be_bytes()[2..]);
+    id[6..10].copy_from_slice(&key_hash(bucket, key).to_be_bytes());
+    let tail: [u8; 6] = rand::random();
+    id[10..].copy_from_slice(&tail);
+    id
+}
+
+/// When the version with this id was created (unix ms), as its gateway's clock read.
+pub fn object_created_ms(object_id: &[u8; 16]) -> u64 {
+    let mut b = [0u8; 8];
+    b[2..].copy_from_slice(&object_id[..6]);
+    u64::from_be_bytes(b)
+}
+
+/// The PG that must hold a manifest naming this object id.
+pub fn object_manifest_pg(object_id: &[u8; 16], pg_count: u32) -> u32 {
+    let mut b = [0u8; 4];
+    b.copy_from_slice(&object_id[6..10]);
+    u32::from_be_bytes(b) % pg_count.max(1)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn object_ids_carry_their_age_and_manifest_pg() {
+        let now = 1_795_000_000_123;
+        let a = new_object_id("photos", "cat.jpg", now);
+        let b = new_object_id("photos", "cat.jpg", now);
+        assert_ne!(a, b, "two versions in one millisecond still differ");
+        assert_eq!(object_created_ms(&a), now);
+        for pg_count in [1, 7, 64, 4096] {
+            assert_eq!(
+                object_manifest_pg(&a, pg_count),
+                manifest_pg("photos", "cat.jpg", pg_count)
+            );
+        }
+        let other = new_object_id("photos", "dog.jpg", now);
+        assert_ne!(a[6..10], other[6..10]);
+    }
 
     const MIB: u64 = 1 << 20;
 

@@ -15,6 +15,7 @@ pub mod layout;
 pub mod map_catchup;
 pub mod metrics;
 pub mod node;
+pub mod orphans;
 pub mod peers;
 pub mod recovery;
 pub mod registration;

@@ -61,6 +61,14 @@ struct Args {
     /// Bytes per second a scrub pass may read (and rewrite), e.g. 32MiB.
     #[arg(long, default_value = "32MiB", value_parser = parse_size)]
     scrub_bandwidth: u64,
+    /// Seconds after which a stripe that no manifest names is deleted as left over by a put
+    /// that died half way; a put must commit within half of it. Set it alike on every agent,
+    /// well above the clock skew between members.
+    #[arg(long, default_value_t = 6 * 3600)]
+    orphan_grace_secs: u64,
+    /// Stripes one PG leader rebuilds at once.
+    #[arg(long, default_value_t = 4)]
+    recovery_concurrency: usize,
     /// Register as a StorageNode and keep a Lease alive through the Kubernetes
     /// API (credentials from KUBECONFIG or the pod's service account).
     #[arg(long, env = "POTLUCK_KUBERNETES")]
@@ -158,6 +166,8 @@ async fn main() -> anyhow::Result<()> {
             recovery_bandwidth: args.recovery_bandwidth.max(1),
             scrub_interval: Duration::from_secs(args.scrub_interval_secs),
             scrub_bandwidth: args.scrub_bandwidth.max(1),
+            orphan_grace: Duration::from_secs(args.orphan_grace_secs.max(2)),
+            recovery_concurrency: args.recovery_concurrency.max(1),
             ..Tuning::default()
         },
     };

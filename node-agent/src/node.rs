@@ -45,6 +45,11 @@ pub struct Tuning {
     /// Bytes per second a scrub pass may read and rewrite: a pass touches the whole disk, so
     /// it must stay a background trickle.
     pub scrub_bandwidth: u64,
+    /// Age after which a stripe that no manifest names is collected as left over by a put that
+    /// died half way; puts must commit within half of it. The same on every agent.
+    pub orphan_grace: Duration,
+    /// Stripes one PG leader rebuilds at once.
+    pub recovery_concurrency: usize,
 }
 
 impl Default for Tuning {
@@ -61,6 +66,8 @@ impl Default for Tuning {
             recovery_bandwidth: 64 << 20,
             scrub_interval: Duration::from_secs(86_400),
             scrub_bandwidth: 32 << 20,
+            orphan_grace: Duration::from_secs(6 * 3600),
+            recovery_concurrency: 4,
         }
     }
 }

@@ -10,8 +10,9 @@
 //! history, so a restarted agent or a changed leader simply runs it again.
 //!
 //! A pass runs when the map epoch changes, again every few seconds while something is left to
-//! do, and otherwise every `recovery_interval`. It works one PG and one stripe at a time and
-//! keeps its writes under `recovery_bandwidth`, so client I/O keeps its share of the disk and
+//! do, and otherwise every `recovery_interval`. It surveys every PG it leads, then rebuilds
+//! the stripes with the fewest shards left first, `recovery_concurrency` at a time, keeping
+//! its writes under `recovery_bandwidth` so client I/O keeps its share of the disk and
 //! network. Each PG's outcome is kept as a [`pb::PgReport`] that `GetStatus` hands to the
 //! operator, which clears a PG from its "recovering" set once its leader reports it clean.
 //!
@@ -22,25 +23,27 @@
 //! The leader also reads strays as sources, so a PG whose every position moved in one epoch
 //! is rebuilt from its previous holders.
 //!
-//! Not done yet: telling a stripe of a version being garbage-collected from a live one (such a
-//! stripe may be rebuilt just before its shards are collected, leaving an orphan), and stray
-//! manifests (harmless: reads only ask the PG's acting set).
+//! Stripes no manifest names (a put that died half way, or an old version whose collection
+//! was missed) are deleted once older than `orphan_grace` ([`crate::orphans`]). Not done yet:
+//! stray manifests (harmless: reads only ask the PG's acting set).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::StreamExt;
 use potluck_proto::v1 as pb;
 use prometheus::{IntCounter, IntGaugeVec, Opts};
 
 use crate::cluster::MapView;
 use crate::keys::{ShardKey, OBJECT_ID_LEN};
 use crate::node::Node;
+use crate::orphans::ManifestIndex;
 use crate::throttle::Throttle;
 
 /// A stripe of an object version: (object id, stripe index).
-type StripeId = ([u8; OBJECT_ID_LEN], u32);
+pub(crate) type StripeId = ([u8; OBJECT_ID_LEN], u32);
 
 /// Shards asked for per listing call.
 const LIST_PAGE: u32 = 1000;
@@ -92,6 +95,7 @@ struct RecoveryMetrics {
     shards: IntCounter,
     bytes: IntCounter,
     manifests: IntCounter,
+    orphans: IntCounter,
     pgs: IntGaugeVec,
 }
 
@@ -118,6 +122,11 @@ impl RecoveryMetrics {
             "Manifests this member copied to PG members that lacked them",
         )
         .ok()?;
+        let orphans = IntCounter::new(
+            "potluck_recovery_orphan_shards_deleted_total",
+            "Shards of stripes no manifest names, older than the orphan grace, that this member deleted as PG leader",
+        )
+        .ok()?;
         let pgs = IntGaugeVec::new(
             Opts::new(
                 "potluck_recovery_pgs",
@@ -130,12 +139,14 @@ impl RecoveryMetrics {
         r.register(Box::new(shards.clone())).ok()?;
         r.register(Box::new(bytes.clone())).ok()?;
         r.register(Box::new(manifests.clone())).ok()?;
+        r.register(Box::new(orphans.clone())).ok()?;
         r.register(Box::new(pgs.clone())).ok()?;
         Some(Self {
             strays,
             shards,
             bytes,
             manifests,
+            orphans,
             pgs,
         })
     }
@@ -149,11 +160,19 @@ pub async fn run(node: Arc<Node>) {
     };
     let mut last_epoch = 0u64;
     let mut next_pass = Instant::now();
+    // Complete abandoned stripes look healthy, so only a sweep finds them; a quarter of the
+    // grace keeps their lifetime under 1.25 × grace without listing manifests on every pass.
+    let sweep_every = node.tuning.orphan_grace / 4;
+    let mut next_sweep = Instant::now() + sweep_every;
     loop {
         let view = node.cluster.view();
         if view.epoch() > 0 && (view.epoch() != last_epoch || Instant::now() >= next_pass) {
             last_epoch = view.epoch();
-            let led_clean = pass(&node, &view, &metrics).await;
+            let sweep = Instant::now() >= next_sweep;
+            if sweep {
+                next_sweep = Instant::now() + sweep_every;
+            }
+            let led_clean = pass(&node, &view, &metrics, sweep).await;
             let strays_gone = collect_strays(&node, &view, &metrics).await;
             let all_clean = led_clean && strays_gone;
             next_pass = Instant::now()
@@ -167,7 +186,7 @@ pub async fn run(node: Arc<Node>) {
     }
 }
 
-fn is_up(view: &MapView, member: &str) -> bool {
+pub(crate) fn is_up(view: &MapView, member: &str) -> bool {
     view.member(member).is_some_and(|m| {
         matches!(
             pb::MemberState::try_from(m.state),
@@ -177,7 +196,13 @@ fn is_up(view: &MapView, member: &str) -> bool {
 }
 
 /// One pass over the PGs this member leads. Returns whether every one of them is clean.
-async fn pass(node: &Node, view: &MapView, metrics: &RecoveryMetrics) -> bool {
+///
+/// Every led PG is surveyed first, so that rebuilding can start with the stripes that have
+/// the fewest shards left anywhere, whichever PG they are in; `recovery_concurrency` stripes
+/// are then rebuilt at once under one bandwidth budget. `sweep` also looks for abandoned
+/// stripes that are complete (see [`orphans`](crate::orphans)); incomplete ones are checked on
+/// every pass since they would otherwise keep their PG from ever being clean.
+async fn pass(node: &Node, view: &MapView, metrics: &RecoveryMetrics, sweep: bool) -> bool {
     let mut led = Vec::new();
     for pool in &view.map.pools {
         for (pg, set) in pool.pgs.iter().enumerate() {
@@ -191,19 +216,83 @@ async fn pass(node: &Node, view: &MapView, metrics: &RecoveryMetrics) -> bool {
     }
     node.recovery
         .retain(|pool, pg| led.iter().any(|(p, n, _)| p.name == pool && *n == pg));
-    let mut throttle = Throttle::new(node.tuning.recovery_bandwidth);
-    let (mut clean, mut degraded) = (0i64, 0i64);
+
+    let mut manifests = ManifestIndex::default();
+    let mut surveys = Vec::with_capacity(led.len());
     for (pool, pg, set) in led {
         if node.cluster.epoch() != view.epoch() {
             // A newer map: its pass starts over with the new acting sets.
             return false;
         }
-        let report = recover_pg(node, view, pool, pg, &set.members, metrics, &mut throttle).await;
+        let mut survey = survey_pg(node, view, pool, pg, &set.members).await;
+        let gone = crate::orphans::collect(node, view, &mut survey, &mut manifests, sweep).await;
+        metrics.orphans.inc_by(gone);
+        node.recovery.set(survey.pending());
+        surveys.push(survey);
+    }
+
+    // Most degraded first: fewest positions held anywhere.
+    let mut work: Vec<(usize, StripeId, u32)> = Vec::new();
+    for (i, s) in surveys.iter().enumerate() {
+        for (id, info) in &s.stripes {
+            if !s.wanted(info).is_empty() {
+                work.push((i, *id, s.held_positions(id, info)));
+            }
+        }
+    }
+    work.sort_by_key(|(_, _, held)| *held);
+    let throttle = tokio::sync::Mutex::new(Throttle::new(node.tuning.recovery_bandwidth));
+    let outcomes: Vec<(usize, Rebuild)> = futures::stream::iter(work)
+        .map(|(i, id, _)| {
+            let (s, throttle) = (&surveys[i], &throttle);
+            async move {
+                (
+                    i,
+                    rebuild_stripe(node, view, s, id, throttle, metrics).await,
+                )
+            }
+        })
+        .buffer_unordered(node.tuning.recovery_concurrency.max(1))
+        .collect()
+        .await;
+    let mut reports: Vec<pb::PgReport> = surveys.iter().map(|s| s.report()).collect();
+    for (i, outcome) in outcomes {
+        let r = &mut reports[i];
+        match outcome {
+            Rebuild::Done => {}
+            Rebuild::Short { shards, bytes } => {
+                r.missing_shards += shards;
+                r.missing_bytes += bytes;
+            }
+            Rebuild::Unrecoverable { shards, bytes } => {
+                r.unrecoverable_stripes += 1;
+                r.missing_shards += shards;
+                r.missing_bytes += bytes;
+            }
+        }
+    }
+
+    let (mut clean, mut degraded) = (0i64, 0i64);
+    for (survey, mut report) in surveys.iter().zip(reports) {
+        let manifests_ok = sync_manifests(
+            node,
+            view,
+            survey.pool,
+            survey.pg,
+            survey.members,
+            &survey.live,
+            metrics,
+        )
+        .await;
+        report.clean = survey.live.iter().all(|l| *l)
+            && report.missing_shards == 0
+            && report.unrecoverable_stripes == 0
+            && manifests_ok;
         if report.clean {
             clean += 1;
         } else {
             degraded += 1;
-            tracing::debug!(pool = %pool.name, pg, missing = report.missing_shards, unrecoverable = report.unrecoverable_stripes, "PG not clean yet");
+            tracing::debug!(pool = %report.pool, pg = report.pg, missing = report.missing_shards, unrecoverable = report.unrecoverable_stripes, "PG not clean yet");
         }
         node.recovery.set(report);
     }
@@ -376,59 +465,104 @@ async fn list_pg_shards(
 }
 
 #[derive(Default)]
-struct StripeInfo {
-    len: u64,
-    /// Positions whose member holds its shard.
-    present: u32,
+pub(crate) struct StripeInfo {
+    pub(crate) len: u64,
+    /// Positions whose member in the acting set holds its shard.
+    pub(crate) present: u32,
 }
 
-async fn recover_pg(
+/// What the members hold of one PG, gathered before anything is rebuilt.
+pub(crate) struct PgSurvey<'a> {
+    pub(crate) pool: &'a pb::PoolMap,
+    pub(crate) pg: u32,
+    pub(crate) members: &'a [String],
+    /// Positions whose member is up and answered every listing.
+    pub(crate) live: Vec<bool>,
+    pub(crate) stripes: BTreeMap<StripeId, StripeInfo>,
+    /// Shards on members outside the acting set: the previous holders of positions that
+    /// moved. They are sources for rebuilding (when every position of a PG moves in one epoch
+    /// they are the only ones), and they keep them until the new holders have copies.
+    pub(crate) elsewhere: HashMap<StripeId, Vec<(usize, String)>>,
+    epoch: u64,
+}
+
+impl PgSurvey<'_> {
+    /// Live positions lacking the stripe's shard.
+    fn wanted(&self, info: &StripeInfo) -> Vec<usize> {
+        (0..self.members.len())
+            .filter(|p| self.live[*p] && info.present & (1 << p) == 0)
+            .collect()
+    }
+
+    /// Distinct positions of the stripe held by anyone: the fewer, the closer to loss.
+    pub(crate) fn held_positions(&self, id: &StripeId, info: &StripeInfo) -> u32 {
+        let mut held = info.present;
+        for (pos, _) in self.elsewhere.get(id).into_iter().flatten() {
+            held |= 1 << pos;
+        }
+        held.count_ones()
+    }
+
+    fn report(&self) -> pb::PgReport {
+        pb::PgReport {
+            pool: self.pool.name.clone(),
+            pg: self.pg,
+            epoch: self.epoch,
+            clean: false,
+            ..Default::default()
+        }
+    }
+
+    /// What is missing, published before the rebuild starts so that the operator can show
+    /// the bytes still to heal while this PG is worked on.
+    fn pending(&self) -> pb::PgReport {
+        let mut r = self.report();
+        for info in self.stripes.values() {
+            let want = self.wanted(info).len() as u64;
+            r.missing_shards += want;
+            r.missing_bytes += want * info.len;
+        }
+        r
+    }
+}
+
+async fn survey_pg<'a>(
     node: &Node,
     view: &MapView,
-    pool: &pb::PoolMap,
+    pool: &'a pb::PoolMap,
     pg: u32,
-    members: &[String],
-    metrics: &RecoveryMetrics,
-    throttle: &mut Throttle,
-) -> pb::PgReport {
-    let mut report = pb::PgReport {
-        pool: pool.name.clone(),
-        pg,
-        epoch: view.epoch(),
-        clean: false,
-        ..Default::default()
-    };
+    members: &'a [String],
+) -> PgSurvey<'a> {
     let width = members.len();
-    let k = pool.k as usize;
-    // Positions whose member is up and answered every listing.
-    let mut live: Vec<bool> = members.iter().map(|m| is_up(view, m)).collect();
-
-    // What each member holds of the PG's stripes.
-    let mut stripes: BTreeMap<StripeId, StripeInfo> = BTreeMap::new();
+    let mut s = PgSurvey {
+        pool,
+        pg,
+        members,
+        live: members.iter().map(|m| is_up(view, m)).collect(),
+        stripes: BTreeMap::new(),
+        elsewhere: HashMap::new(),
+        epoch: view.epoch(),
+    };
     for (pos, member) in members.iter().enumerate() {
-        if !live[pos] {
+        if !s.live[pos] {
             continue;
         }
         match list_pg_shards(node, view, member, &pool.name, pg).await {
             Ok(items) => {
                 for (key, len) in &items {
                     if usize::from(key.shard) == pos {
-                        let s = stripes.entry((key.object_id, key.stripe)).or_default();
-                        s.len = *len;
-                        s.present |= 1 << pos;
+                        let info = s.stripes.entry((key.object_id, key.stripe)).or_default();
+                        info.len = *len;
+                        info.present |= 1 << pos;
                     }
                 }
             }
             Err(e) => {
                 tracing::debug!(%member, pool = %pool.name, pg, "cannot list shards: {e}");
-                live[pos] = false;
+                s.live[pos] = false;
             }
         }
     }
-    // Shards on members outside the acting set: the previous holders of positions that
-    // moved. They are sources for rebuilding (when every position of a PG moves in one epoch
-    // they are the only ones), and they keep them until the new holders have copies.
-    let mut elsewhere: HashMap<StripeId, Vec<(usize, String)>> = HashMap::new();
     let outsiders: Vec<String> = view
         .members()
         .filter(|m| !members.contains(&m.id) && is_up(view, &m.id))
@@ -443,132 +577,159 @@ async fn recover_pg(
             if pos >= width {
                 continue;
             }
-            let s = stripes.entry((key.object_id, key.stripe)).or_default();
-            s.len = len;
-            elsewhere
+            let info = s.stripes.entry((key.object_id, key.stripe)).or_default();
+            info.len = len;
+            s.elsewhere
                 .entry((key.object_id, key.stripe))
                 .or_default()
                 .push((pos, member.clone()));
         }
     }
+    s
+}
 
-    // What is missing, published before the rebuild starts so that the operator can show
-    // the bytes still to heal while this PG is worked on.
-    let mut pending = report.clone();
-    for info in stripes.values() {
-        let want = (0..width)
-            .filter(|p| live[*p] && info.present & (1 << p) == 0)
-            .count() as u64;
-        pending.missing_shards += want;
-        pending.missing_bytes += want * info.len;
-    }
-    if pending.missing_shards > 0 {
-        node.recovery.set(pending);
-    }
+/// How one stripe's rebuild ended.
+enum Rebuild {
+    Done,
+    /// Some wanted shards were not written (a write failed, or the map moved on).
+    Short {
+        shards: u64,
+        bytes: u64,
+    },
+    /// Fewer than k shards could be read anywhere.
+    Unrecoverable {
+        shards: u64,
+        bytes: u64,
+    },
+}
 
-    let codec = match node.codecs.get(pool.k, pool.m) {
+/// Reads k shards of a stripe (the acting holders first, then older copies; k fetches at
+/// once, more only when some fail), rebuilds the missing ones and writes them.
+async fn rebuild_stripe(
+    node: &Node,
+    view: &MapView,
+    s: &PgSurvey<'_>,
+    id: StripeId,
+    throttle: &tokio::sync::Mutex<Throttle>,
+    metrics: &RecoveryMetrics,
+) -> Rebuild {
+    let Some(info) = s.stripes.get(&id) else {
+        return Rebuild::Done;
+    };
+    let want = s.wanted(info);
+    let short = |n: usize| Rebuild::Short {
+        shards: n as u64,
+        bytes: n as u64 * info.len,
+    };
+    if node.cluster.epoch() != view.epoch() {
+        return short(want.len());
+    }
+    let codec = match node.codecs.get(s.pool.k, s.pool.m) {
         Ok(c) => c,
         Err(e) => {
-            tracing::warn!(pool = %pool.name, "no codec for the pool: {e}");
-            return report;
+            tracing::warn!(pool = %s.pool.name, "no codec for the pool: {e}");
+            return short(want.len());
         }
     };
-    for ((object_id, stripe), info) in &stripes {
-        let want: Vec<usize> = (0..width)
-            .filter(|p| live[*p] && info.present & (1 << p) == 0)
-            .collect();
-        if want.is_empty() {
-            continue;
-        }
-        let key = |pos: usize| ShardKey {
-            pool: pool.name.clone(),
-            pg,
-            object_id: *object_id,
-            stripe: *stripe,
-            shard: pos as u8,
-        };
-        let mut shards: Vec<Option<Vec<u8>>> = vec![None; width];
-        let mut got = 0;
-        // Sources per position: its holder in the acting set first, then older copies.
-        let mut sources: Vec<(usize, &str)> = (0..width)
-            .filter(|p| info.present & (1 << p) != 0)
-            .map(|p| (p, members[p].as_str()))
-            .collect();
-        if let Some(more) = elsewhere.get(&(*object_id, *stripe)) {
-            sources.extend(more.iter().map(|(p, m)| (*p, m.as_str())));
-        }
-        for (pos, member) in sources {
-            if got == k {
-                break;
+    let (width, k) = (s.members.len(), s.pool.k as usize);
+    let (object_id, stripe) = id;
+    let key = |pos: usize| ShardKey {
+        pool: s.pool.name.clone(),
+        pg: s.pg,
+        object_id,
+        stripe,
+        shard: pos as u8,
+    };
+    let mut sources: Vec<(usize, &str)> = (0..width)
+        .filter(|p| info.present & (1 << p) != 0)
+        .map(|p| (p, s.members[p].as_str()))
+        .collect();
+    if let Some(more) = s.elsewhere.get(&id) {
+        sources.extend(more.iter().map(|(p, m)| (*p, m.as_str())));
+    }
+    let mut shards: Vec<Option<Vec<u8>>> = vec![None; width];
+    let mut got = 0;
+    let mut next = 0;
+    while got < k && next < sources.len() {
+        let mut batch: Vec<(usize, &str)> = Vec::new();
+        while batch.len() < k - got && next < sources.len() {
+            let (pos, member) = sources[next];
+            next += 1;
+            if shards[pos].is_none() && batch.iter().all(|(p, _)| *p != pos) {
+                batch.push((pos, member));
             }
-            if shards[pos].is_some() {
-                continue;
-            }
-            if let Ok(Some(data)) = node.get_shard(view, member, key(pos)).await {
-                if data.len() as u64 == info.len {
-                    shards[pos] = Some(data.to_vec());
+        }
+        let fetched = futures::future::join_all(
+            batch
+                .iter()
+                .map(|(pos, member)| node.get_shard(view, member, key(*pos))),
+        )
+        .await;
+        for ((pos, _), r) in batch.iter().zip(fetched) {
+            if let Ok(Some(data)) = r {
+                if data.len() as u64 == info.len && shards[*pos].is_none() {
+                    shards[*pos] = Some(data.to_vec());
                     got += 1;
                 }
             }
         }
-        if got < k {
-            report.unrecoverable_stripes += 1;
-            report.missing_shards += want.len() as u64;
-            report.missing_bytes += info.len * want.len() as u64;
-            continue;
-        }
-        let codec = codec.clone();
-        let rebuilt = tokio::task::spawn_blocking(move || {
-            codec.reconstruct_all(&mut shards).map(|()| shards)
-        })
-        .await;
-        let shards = match rebuilt {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                tracing::warn!(pool = %pool.name, pg, "cannot rebuild a stripe: {e}");
-                report.missing_shards += want.len() as u64;
-                continue;
-            }
-            Err(e) => {
-                tracing::warn!("rebuild task failed: {e}");
-                report.missing_shards += want.len() as u64;
-                continue;
-            }
+    }
+    if got < k {
+        return Rebuild::Unrecoverable {
+            shards: want.len() as u64,
+            bytes: info.len * want.len() as u64,
         };
-        for pos in want {
-            let Some(data) = shards.get(pos).and_then(|s| s.clone()) else {
-                report.missing_shards += 1;
-                continue;
-            };
+    }
+    let rebuilt =
+        tokio::task::spawn_blocking(move || codec.reconstruct_all(&mut shards).map(|()| shards))
+            .await;
+    let shards = match rebuilt {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::warn!(pool = %s.pool.name, pg = s.pg, "cannot rebuild a stripe: {e}");
+            return short(want.len());
+        }
+        Err(e) => {
+            tracing::warn!("rebuild task failed: {e}");
+            return short(want.len());
+        }
+    };
+    let writes = want.iter().map(|&pos| {
+        let data = shards.get(pos).and_then(|d| d.clone());
+        let member = &s.members[pos];
+        async move {
+            let data = data.ok_or_else(|| "the codec returned no shard".to_string())?;
             let hash = *blake3::hash(&data).as_bytes();
             let len = data.len() as u64;
-            match node
-                .put_shard(view, &members[pos], key(pos), Bytes::from(data), hash)
+            node.put_shard(view, member, key(pos), Bytes::from(data), hash)
                 .await
-            {
-                Ok(()) => {
-                    metrics.shards.inc();
-                    metrics.bytes.inc_by(len);
-                    node.recovery
-                        .recovered_bytes
-                        .fetch_add(len, std::sync::atomic::Ordering::Relaxed);
-                    throttle.spent(len).await;
-                }
-                Err(e) => {
-                    tracing::debug!(member = %members[pos], "recovery write failed: {e}");
-                    report.missing_shards += 1;
-                    report.missing_bytes += len;
-                }
+                .map(|()| len)
+                .map_err(|e| format!("recovery write to {member} failed: {e}"))
+        }
+    });
+    let (mut failed, mut written) = (0usize, 0u64);
+    for r in futures::future::join_all(writes).await {
+        match r {
+            Ok(len) => {
+                metrics.shards.inc();
+                metrics.bytes.inc_by(len);
+                node.recovery
+                    .recovered_bytes
+                    .fetch_add(len, std::sync::atomic::Ordering::Relaxed);
+                written += len;
+            }
+            Err(e) => {
+                tracing::debug!("{e}");
+                failed += 1;
             }
         }
     }
-
-    let manifests_ok = sync_manifests(node, view, pool, pg, members, &live, metrics).await;
-    report.clean = live.iter().all(|l| *l)
-        && report.missing_shards == 0
-        && report.unrecoverable_stripes == 0
-        && manifests_ok;
-    report
+    throttle.lock().await.spent(written).await;
+    if failed > 0 {
+        short(failed)
+    } else {
+        Rebuild::Done
+    }
 }
 
 /// Copies the newest manifest of every key hashed to `pg` onto the live members that lack it

@@ -151,7 +151,11 @@ impl ObjectService for Gateway {
                 key: req.key.clone(),
                 pool: pool.name.clone(),
                 version,
-                object_id: Bytes::copy_from_slice(&rand::random::<[u8; 16]>()),
+                object_id: Bytes::copy_from_slice(&crate::layout::new_object_id(
+                    &req.bucket,
+                    &req.key,
+                    now_unix_ms(),
+                )),
                 tombstone: true,
                 created_unix_ms: now_unix_ms(),
                 epoch: view.epoch(),

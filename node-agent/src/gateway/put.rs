@@ -4,8 +4,14 @@
 //! Memory is bounded by `stripes_in_flight` stripe buffers of (k+m) × chunk
 //! bytes, whatever the object size: the receive loop waits for the oldest
 //! stripe to reach its write quorum before it fills another buffer.
+//!
+//! A put that fails before its manifest is sent deletes the shards it stored, in
+//! the background. If the gateway itself dies, the PG leaders collect those
+//! stripes once they are older than `orphan_grace` and no manifest names them
+//! (`recovery`); so a put must commit within half that time, or it is refused.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::stream::{FuturesOrdered, StreamExt};
@@ -19,7 +25,7 @@ use crate::cluster::MapView;
 use crate::codec::StripeCodec;
 use crate::gateway::{info_of, manifests, resolve_pool, status_from_codec};
 use crate::keys::ShardKey;
-use crate::layout::{shard_len_for, stripe_pg};
+use crate::layout::{new_object_id, shard_len_for, stripe_pg};
 use crate::node::{now_unix_ms, now_unix_ns, Node};
 use crate::validate;
 
@@ -35,11 +41,84 @@ struct PutContext {
     pool: pb::PoolMap,
     codec: Arc<StripeCodec>,
     object_id: [u8; 16],
+    created_unix_ms: u64,
+}
+
+/// How far a put got, so that a failed one knows what to take back.
+#[derive(Default)]
+struct Progress {
+    ctx: Option<Arc<PutContext>>,
+    /// Stripes handed to stripe tasks (some may have stored shards).
+    stripes: u64,
+    /// Manifest writes were sent: from here a failure's outcome is uncertain (a minority of
+    /// holders may have applied it and recovery spreads the newest manifest), so the shards
+    /// must stay.
+    committing: bool,
 }
 
 pub async fn put_object(
     node: Arc<Node>,
+    stream: tonic::Streaming<pb::PutObjectRequest>,
+) -> Result<pb::PutObjectResponse, Status> {
+    let mut progress = Progress::default();
+    let r = receive_and_commit(node, stream, &mut progress).await;
+    if r.is_err() && !progress.committing {
+        if let Some(ctx) = progress.ctx.take() {
+            if progress.stripes > 0 {
+                tokio::spawn(take_back(ctx, progress.stripes));
+            }
+        }
+    }
+    r
+}
+
+/// Deletes every shard a failed put may have stored, stripe by stripe. Best effort: a member
+/// that does not answer keeps its shard until the PG's leader collects it as abandoned.
+async fn take_back(ctx: Arc<PutContext>, stripes: u64) {
+    let width = (ctx.pool.k + ctx.pool.m) as usize;
+    let mut deleted = 0u64;
+    for stripe in 0..stripes {
+        let (Ok(stripe_idx), pg) = (
+            u32::try_from(stripe),
+            stripe_pg(&ctx.object_id, stripe, ctx.pool.pg_count),
+        ) else {
+            break;
+        };
+        let Some(set) = ctx.pool.pgs.get(pg as usize) else {
+            break;
+        };
+        let view = ctx.node.cluster.view();
+        let deletes = set
+            .members
+            .iter()
+            .take(width)
+            .enumerate()
+            .map(|(i, member)| {
+                let key = ShardKey {
+                    pool: ctx.pool.name.clone(),
+                    pg,
+                    object_id: ctx.object_id,
+                    stripe: stripe_idx,
+                    shard: i as u8,
+                };
+                ctx.node.delete_shard(&view, member, key)
+            });
+        for r in futures::future::join_all(deletes).await {
+            match r {
+                Ok(true) => deleted += 1,
+                Ok(false) => {}
+                Err(e) => tracing::debug!("taking back a failed put's shard: {e}"),
+            }
+        }
+    }
+    ctx.node.metrics.gc_shards_deleted.inc_by(deleted);
+    tracing::debug!(deleted, stripes, "took back the shards of a failed put");
+}
+
+async fn receive_and_commit(
+    node: Arc<Node>,
     mut stream: tonic::Streaming<pb::PutObjectRequest>,
+    progress: &mut Progress,
 ) -> Result<pb::PutObjectResponse, Status> {
     let header = match stream.message().await.map_err(client_gone)? {
         Some(pb::PutObjectRequest {
@@ -61,13 +140,16 @@ pub async fn put_object(
     let view = node.cluster.view();
     let pool = resolve_pool(&view, &header.pool)?.clone();
     let codec = node.codecs.get(pool.k, pool.m).map_err(status_from_codec)?;
+    let created_unix_ms = now_unix_ms();
     let ctx = Arc::new(PutContext {
         node: node.clone(),
         view: view.clone(),
         codec,
-        object_id: rand::random(),
+        object_id: new_object_id(&header.bucket, &header.key, created_unix_ms),
+        created_unix_ms,
         pool,
     });
+    progress.ctx = Some(ctx.clone());
     let (k, width, chunk) = (
         ctx.pool.k as usize,
         (ctx.pool.k + ctx.pool.m) as usize,
@@ -150,6 +232,7 @@ pub async fn put_object(
                     )));
                 }
                 stripe_no += 1;
+                progress.stripes = stripe_no;
                 filled = 0;
             }
         }
@@ -170,6 +253,7 @@ pub async fn put_object(
                 filled,
                 permit.take(),
             )));
+            progress.stripes = stripe_no + 1;
         }
     }
     while let Some(r) = inflight.next().await {
@@ -216,6 +300,16 @@ pub async fn put_object(
         epoch: view.epoch(),
     };
     let info = info_of(&manifest);
+    let age = Duration::from_millis(now_unix_ms().saturating_sub(ctx.created_unix_ms));
+    let limit = node.tuning.orphan_grace / 2;
+    if age > limit {
+        return Err(Status::deadline_exceeded(format!(
+            "the upload took {}s, longer than half of the agents' --orphan-grace-secs ({}s): its first stripes may already be collected as abandoned, so it was not committed; upload again (faster, or split the object), or raise --orphan-grace-secs on every agent",
+            age.as_secs(),
+            node.tuning.orphan_grace.as_secs()
+        )));
+    }
+    progress.committing = true;
     manifests::write(&node, &view, &ctx.pool, manifest).await?;
     transfer.succeeded();
     Ok(pb::PutObjectResponse {
