@@ -280,3 +280,90 @@ async fn every_kind_of_garbage_is_collected() {
     assert_eq!(gone.expect_err("deleted").code(), tonic::Code::NotFound);
     fleet.fleet.shutdown().await.expect("shutdown");
 }
+
+/// Puts `data` into pool `pool` (the helper `put` uses the default pool).
+async fn put_in_pool(fleet: &TestFleet, pool: &str, key: &str, data: &[u8]) {
+    let mut c = object_client(&fleet.endpoint(0)).await;
+    let data = Bytes::copy_from_slice(data);
+    let mut msgs = vec![pb::PutObjectRequest {
+        body: Some(pb::put_object_request::Body::Header(pb::PutObjectHeader {
+            bucket: B.into(),
+            key: key.into(),
+            pool: pool.into(),
+            size: Some(data.len() as u64),
+        })),
+    }];
+    let mut off = 0;
+    while off < data.len() {
+        let end = (off + MIB).min(data.len());
+        msgs.push(chunk(data.slice(off..end)));
+        off = end;
+    }
+    msgs.push(finish());
+    c.put_object(tokio_stream::iter(msgs))
+        .await
+        .unwrap_or_else(|e| panic!("put {key} into pool {pool}: {e}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_pools_data_is_purged_after_the_grace() {
+    let fleet = start_fleet_with(&["--orphan-grace-secs", "3"], |cfg| {
+        let mut pools = cfg.effective_pools();
+        let mut scratch = pools[0].clone();
+        scratch.name = "scratch".into();
+        pools.push(scratch);
+        cfg.pools = pools;
+    })
+    .await;
+    let kept: Vec<(String, Vec<u8>)> = (0..3)
+        .map(|i| (format!("kept-{i}"), random_bytes(MIB + i * 1000, i as u64)))
+        .collect();
+    for (key, data) in &kept {
+        put_in_pool(&fleet, "default", key, data).await;
+    }
+    let scratch: Vec<(String, Vec<u8>)> = (0..4)
+        .map(|i| {
+            (
+                format!("scratch-{i}"),
+                random_bytes(5 * MIB + i, 50 + i as u64),
+            )
+        })
+        .collect();
+    for (key, data) in &scratch {
+        put_in_pool(&fleet, "scratch", key, data).await;
+    }
+    let mut both = kept.clone();
+    both.extend(scratch.iter().cloned());
+    wait_for_holdings(&fleet, needed(&both), "both pools written").await;
+
+    // The operator's part of deleting a StoragePool: a map without it, pushed to everyone.
+    let mut map = control(&fleet, 0)
+        .await
+        .get_cluster_map(pb::GetClusterMapRequest {})
+        .await
+        .expect("map")
+        .into_inner();
+    map.epoch += 1;
+    map.pools.retain(|p| p.name != "scratch");
+    for i in 0..fleet.len() {
+        control(&fleet, i)
+            .await
+            .apply_cluster_map(pb::ApplyClusterMapRequest {
+                map: Some(map.clone()),
+            })
+            .await
+            .expect("apply the map without the pool");
+    }
+
+    wait_for_holdings(&fleet, needed(&kept), "after the pool was deleted").await;
+    for i in 0..fleet.len() {
+        let s = status(&fleet, i).await.expect("status");
+        assert_eq!(
+            s.manifest_count,
+            kept.len() as u64,
+            "agent {i} keeps only the remaining pool's manifests"
+        );
+    }
+    assert_objects_intact(&fleet, &kept).await;
+    fleet.fleet.shutdown().await.expect("shutdown");
+}

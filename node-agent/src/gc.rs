@@ -9,9 +9,14 @@
 //! deleting anything, the collector asks the key's PG and goes ahead only
 //! when a write quorum of members holds something newer; otherwise the old
 //! version may still be what readers see, and the entry waits.
+//!
+//! The same worker deletes the data of pools the map no longer has (a deleted StoragePool),
+//! once they have been gone for `orphan_grace`: a pool deleted by mistake and created again
+//! within that time finds its data still there.
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::keys::ShardKey;
 use crate::layout::{stripe_pg, StripeLayout};
@@ -19,13 +24,17 @@ use crate::node::{now_unix_ms, Node};
 use crate::shard_store::GcEntry;
 
 const BATCH: usize = 16;
+/// Shards (and manifests) of a retired pool deleted per tick.
+const PURGE_PAGE: usize = 1000;
 const RETRY_AFTER: Duration = Duration::from_secs(30);
 
 pub async fn run(node: Arc<Node>) {
     let mut tick = tokio::time::interval(node.tuning.gc_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut retired: HashMap<String, Instant> = HashMap::new();
     loop {
         tick.tick().await;
+        purge_retired_pools(&node, &mut retired).await;
         let due = match node.with_store(|s| s.due_gc(now_unix_ms(), BATCH)).await {
             Ok(d) => d,
             Err(e) => {
@@ -44,16 +53,62 @@ pub async fn run(node: Arc<Node>) {
     }
 }
 
+/// Deletes a page of the local data of each pool that has been missing from the map for the
+/// orphan grace. `retired` remembers since when each was seen missing (a restart starts the
+/// wait over, which only delays the purge).
+async fn purge_retired_pools(node: &Arc<Node>, retired: &mut HashMap<String, Instant>) {
+    let view = node.cluster.view();
+    if view.epoch() == 0 {
+        return;
+    }
+    let local = match node.with_store(|s| s.local_pools()).await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!("gc: listing local pools failed: {e}");
+            return;
+        }
+    };
+    retired.retain(|p, _| local.contains(p) && view.pool(p).is_none());
+    for pool in local {
+        if view.pool(&pool).is_some() {
+            continue;
+        }
+        let since = *retired.entry(pool.clone()).or_insert_with(|| {
+            tracing::info!(%pool, grace = ?node.tuning.orphan_grace, "pool is no longer in the map; its data here will be deleted after the grace");
+            Instant::now()
+        });
+        if since.elapsed() < node.tuning.orphan_grace {
+            continue;
+        }
+        let name = pool.clone();
+        match node
+            .with_store(move |s| s.purge_pool(&name, PURGE_PAGE))
+            .await
+        {
+            Ok((shards, manifests)) if shards + manifests > 0 => {
+                node.metrics.gc_shards_deleted.inc_by(shards);
+                tracing::info!(%pool, shards, manifests, "deleted data of a pool the map no longer has");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(%pool, "gc: deleting a retired pool's data failed: {e}"),
+        }
+    }
+}
+
 /// Deletes every shard of one old version; true when all holders answered.
 async fn collect(node: &Arc<Node>, entry: &GcEntry) -> bool {
     let m = &entry.manifest;
     let view = node.cluster.view();
-    let Some(pool) = view
-        .pool(&m.pool)
-        .filter(|p| p.unplaceable_reason.is_empty())
-    else {
+    if view.epoch() == 0 {
         return false;
+    }
+    let Some(pool) = view.pool(&m.pool) else {
+        // The pool was deleted: its shards go with the rest of its data.
+        return true;
     };
+    if !pool.unplaceable_reason.is_empty() {
+        return false;
+    }
     if let Err(why) = crate::layout::check_manifest(m, None) {
         tracing::warn!(
             "gc: dropping malformed entry for {}/{}: {why}",

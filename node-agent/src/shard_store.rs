@@ -628,6 +628,70 @@ impl ShardStore {
             .transpose()
     }
 
+    /// Pools this store holds shards or manifests of: one seek per pool and column family,
+    /// jumping from each pool's keys to the next pool's.
+    pub fn local_pools(&self) -> Result<Vec<String>, StoreError> {
+        let mut pools = std::collections::BTreeSet::new();
+        for cf in [CF_SHARD_META, CF_MANIFESTS] {
+            let mut from = Vec::new();
+            loop {
+                let mut iter = self
+                    .db
+                    .iterator_cf(self.cf(cf)?, IteratorMode::From(&from, Direction::Forward));
+                let Some(item) = iter.next() else { break };
+                let (k, _) = item?;
+                let malformed = || StoreError::Malformed(format!("key of {} bytes", k.len()));
+                let len = usize::from(*k.first().ok_or_else(malformed)?);
+                let name = k
+                    .get(1..1 + len)
+                    .and_then(|b| std::str::from_utf8(b).ok())
+                    .ok_or_else(malformed)?;
+                from = prefix_successor(&keys::pool_prefix(name));
+                pools.insert(name.to_string());
+                if from.is_empty() {
+                    break;
+                }
+            }
+        }
+        Ok(pools.into_iter().collect())
+    }
+
+    /// Deletes up to `limit` shards and up to `limit` manifests of a pool the map no longer
+    /// has; returns how many of each went, (0, 0) once nothing is left.
+    pub fn purge_pool(&self, pool: &str, limit: usize) -> Result<(u64, u64), StoreError> {
+        let (shards, _) = self.list_all_shards(Some(pool), None, limit)?;
+        let mut gone = 0;
+        for (key, _) in shards {
+            if self.delete_shard(&key)? {
+                gone += 1;
+            }
+        }
+        let prefix = keys::pool_prefix(pool);
+        let cf = self.cf(CF_MANIFESTS)?;
+        let _guard = self
+            .manifest_lock
+            .lock()
+            .map_err(|_| StoreError::Malformed("manifest lock poisoned".into()))?;
+        let mut batch = WriteBatch::default();
+        let mut manifests = 0u64;
+        for item in self
+            .db
+            .iterator_cf(cf, IteratorMode::From(&prefix, Direction::Forward))
+        {
+            let (k, _) = item?;
+            if !k.starts_with(&prefix) || manifests as usize == limit {
+                break;
+            }
+            batch.delete_cf(cf, &k);
+            manifests += 1;
+        }
+        if manifests > 0 {
+            self.db.write_opt(batch, &self.sync)?;
+            self.manifests.fetch_sub(manifests, Ordering::Relaxed);
+        }
+        Ok((gone, manifests))
+    }
+
     /// Moves memtables to SST and blob files, so a clean stop leaves the WAL empty.
     pub fn flush(&self) -> Result<(), StoreError> {
         for cf in [CF_SHARDS, CF_SHARD_META, CF_MANIFESTS, CF_GC, CF_META] {
@@ -648,6 +712,18 @@ impl ShardStore {
             .put_cf(self.cf(CF_SHARDS).unwrap(), key.encode(), data)
             .unwrap();
     }
+}
+
+/// The first key after every key starting with `prefix` (empty when there is none).
+fn prefix_successor(prefix: &[u8]) -> Vec<u8> {
+    let mut next = prefix.to_vec();
+    while let Some(last) = next.pop() {
+        if last < u8::MAX {
+            next.push(last + 1);
+            return next;
+        }
+    }
+    next
 }
 
 fn gc_key(due: u64, m: &pb::Manifest) -> Vec<u8> {
@@ -678,6 +754,42 @@ mod tests {
         store
             .put_shard(k, data, blake3::hash(data).as_bytes())
             .unwrap();
+    }
+
+    #[test]
+    fn retired_pools_are_found_and_purged_in_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = ShardStore::open(dir.path(), "a", 1 << 30).unwrap();
+        let mut k = key(1, 0, 0);
+        for pool in ["ab", "abc", "b"] {
+            k.pool = pool.into();
+            for stripe in 0..3 {
+                k.stripe = stripe;
+                put(&s, &k, pool.as_bytes());
+            }
+        }
+        let m = pb::Manifest {
+            pool: "zz".into(),
+            bucket: "bkt".into(),
+            key: "x".into(),
+            version: 1,
+            object_id: vec![1; 16].into(),
+            ..Default::default()
+        };
+        assert!(s.put_manifest(&m, 0, 0).unwrap());
+        assert_eq!(s.local_pools().unwrap(), ["ab", "abc", "b", "zz"]);
+
+        assert_eq!(s.purge_pool("ab", 2).unwrap(), (2, 0));
+        assert_eq!(s.purge_pool("ab", 2).unwrap(), (1, 0));
+        assert_eq!(s.purge_pool("ab", 2).unwrap(), (0, 0));
+        assert_eq!(s.purge_pool("zz", 2).unwrap(), (0, 1));
+        assert_eq!(s.local_pools().unwrap(), ["abc", "b"]);
+        assert_eq!(
+            s.stats().shards,
+            6,
+            "pool abc, a longer name, kept its shards"
+        );
+        assert_eq!(s.stats().manifests, 0);
     }
 
     #[test]
