@@ -4,9 +4,12 @@
 
 pub mod address;
 pub mod client;
+pub mod crypt;
+pub mod crypt_stream;
 pub mod dev_cluster;
 pub mod exit;
 pub mod fleet;
 pub mod human;
 pub mod progress;
+pub mod sealed_object;
 pub mod status;

@@ -9,12 +9,14 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use potluck_cli::address::{parse_range, BucketPrefix, ObjectAddr};
-use potluck_cli::client::{ByteRange, Client, ClientError, ClientOptions};
+use potluck_cli::client::{ByteRange, Client, ClientError, ClientOptions, Progress};
+use potluck_cli::crypt::{ContentKey, CryptError, Layout, DEFAULT_CHUNK_SIZE};
 use potluck_cli::dev_cluster::{DevCluster, DevClusterConfig};
 use potluck_cli::exit;
 use potluck_cli::fleet::{find_agent_bin, Fleet, FleetConfig, FleetError};
 use potluck_cli::human::{format_size, format_unix_ms, format_unix_ms_short, parse_size};
 use potluck_cli::progress::TransferBar;
+use potluck_cli::sealed_object::{self, SealedError};
 use potluck_cli::status;
 use tokio::io::{AsyncRead, AsyncWriteExt};
 
@@ -56,6 +58,10 @@ enum Command {
         /// File to upload; stdin when omitted or "-"
         #[arg(value_name = "FILE|-")]
         file: Option<PathBuf>,
+        /// Encrypt with the key in FILE (from `potluck key new`) before
+        /// anything leaves this machine; members store only ciphertext
+        #[arg(long, env = "POTLUCK_KEY_FILE", value_name = "FILE")]
+        encrypt_key: Option<PathBuf>,
     },
     /// Download BUCKET/KEY into FILE (or stdout)
     Get {
@@ -66,9 +72,18 @@ enum Command {
         /// stdout when omitted or "-"
         #[arg(value_name = "FILE|-")]
         file: Option<PathBuf>,
-        /// Only these bytes: START-END (END inclusive) or START- (to the end)
+        /// Only these bytes: START-END (END inclusive) or START- (to the end);
+        /// of the plaintext when decrypting
         #[arg(long, value_name = "START-END", value_parser = parse_range)]
         range: Option<ByteRange>,
+        /// Decrypt with the key in FILE and verify every chunk; a wrong key or
+        /// altered object fails (exit 5) without leaving FILE behind
+        #[arg(long, env = "POTLUCK_KEY_FILE", value_name = "FILE")]
+        encrypt_key: Option<PathBuf>,
+        /// The bytes as stored: no decryption, and no refusal of an
+        /// encrypted object read without its key
+        #[arg(long)]
+        raw: bool,
     },
     /// List the keys of a bucket, optionally under a prefix
     Ls {
@@ -98,10 +113,27 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         timeout: u64,
     },
+    /// Content keys for client-side encryption (`put/get --encrypt-key`)
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
     /// Local development fleet
     Dev {
         #[command(subcommand)]
         command: DevCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum KeyCommand {
+    /// Write a new random 32-byte key (base64url text) to FILE, readable
+    /// only by you, or print it when FILE is omitted or "-". Keep a copy:
+    /// objects encrypted with a lost key cannot be read by anyone
+    New {
+        /// Where to write it; an existing file is never overwritten
+        #[arg(value_name = "FILE|-")]
+        file: Option<PathBuf>,
     },
 }
 
@@ -218,6 +250,20 @@ fn report(err: &anyhow::Error) -> ExitCode {
             hint = exit::fleet_hint(e);
             break;
         }
+        let crypt = match cause.downcast_ref::<SealedError>() {
+            Some(SealedError::Client(e)) => {
+                code = exit::client_exit_code(e);
+                hint = exit::client_hint(e);
+                break;
+            }
+            Some(SealedError::Crypt(e)) => Some(e),
+            None => cause.downcast_ref::<CryptError>(),
+        };
+        if let Some(e) = crypt {
+            code = crypt_exit_code(e);
+            hint = crypt_hint(e);
+            break;
+        }
     }
     eprintln!("error: {}", error_text(err));
     if let Some(hint) = hint {
@@ -242,11 +288,58 @@ fn error_text(err: &anyhow::Error) -> String {
     text
 }
 
+/// Failures of the content itself (wrong key, altered object) are the
+/// person's to fix, like an invalid argument: 5. Local I/O is not.
+fn crypt_exit_code(err: &CryptError) -> u8 {
+    match err {
+        CryptError::Read(_) | CryptError::Write(_) | CryptError::Random(_) => exit::OTHER,
+        _ => exit::INVALID,
+    }
+}
+
+fn crypt_hint(err: &CryptError) -> Option<&'static str> {
+    Some(match err {
+        CryptError::BadKeyText(_) | CryptError::KeyFile { .. } => {
+            "pass a key file written by `potluck key new` (--encrypt-key FILE or POTLUCK_KEY_FILE)"
+        }
+        CryptError::KeyNeeded => {
+            "pass the key it was written with: --encrypt-key FILE (or set POTLUCK_KEY_FILE); --raw fetches the ciphertext as stored"
+        }
+        CryptError::NotEncrypted => {
+            "it is stored unencrypted: read it without --encrypt-key (and with POTLUCK_KEY_FILE unset), or with --raw"
+        }
+        CryptError::WrongKey => {
+            "use the key file this object was put with; a key cannot be recovered from the object"
+        }
+        CryptError::Tampered { .. }
+        | CryptError::Truncated
+        | CryptError::TrailingData
+        | CryptError::ImpossibleSize(_) => {
+            "the stored ciphertext was altered or damaged and nothing unverified was written; restore the object from another copy (`potluck get --raw` fetches the stored bytes for inspection)"
+        }
+        CryptError::UnsupportedVersion(_) | CryptError::UnsupportedCipher(_) => {
+            "a newer potluck wrote it; upgrade this one"
+        }
+        CryptError::Changed { .. } => "it was overwritten while it was read; run the command again",
+        CryptError::RangeOutOfBounds { .. } => {
+            "ranges of an encrypted object count plaintext bytes; `potluck stat` shows its plaintext size"
+        }
+        _ => return None,
+    })
+}
+
 fn is_broken_pipe(err: &anyhow::Error) -> bool {
     err.chain().any(|cause| {
         let io = match cause.downcast_ref::<ClientError>() {
             Some(ClientError::Output(e)) => Some(e),
-            _ => cause.downcast_ref::<std::io::Error>(),
+            _ => match cause.downcast_ref::<CryptError>() {
+                Some(CryptError::Write(e)) => Some(e),
+                _ => match cause.downcast_ref::<SealedError>() {
+                    Some(SealedError::Crypt(CryptError::Write(e)))
+                    | Some(SealedError::Client(ClientError::Output(e))) => Some(e),
+                    _ => cause.downcast_ref::<std::io::Error>(),
+                },
+            },
         };
         io.is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
     })
@@ -269,18 +362,40 @@ async fn run(cli: Cli) -> Result<()> {
         }
         return Ok(());
     }
+    if let Command::Key {
+        command: KeyCommand::New { file },
+    } = cli.command
+    {
+        return key_new(stdio_path(file));
+    }
     let options = ClientOptions {
         pool: cli.pool.clone().unwrap_or_default(),
         ..ClientOptions::default()
     };
     let client = Client::connect_with(&cli.endpoint, options).await?;
     match cli.command {
-        Command::Put { object, file } => put(&client, &object, stdio_path(file)).await,
+        Command::Put {
+            object,
+            file,
+            encrypt_key,
+        } => {
+            let key = encrypt_key.map(|p| ContentKey::read_file(&p)).transpose()?;
+            put(&client, &object, stdio_path(file), key.as_ref()).await
+        }
         Command::Get {
             object,
             file,
             range,
-        } => get(&client, &object, stdio_path(file), range).await,
+            encrypt_key,
+            raw,
+        } => {
+            let mode = match encrypt_key {
+                _ if raw => ReadMode::Raw,
+                Some(path) => ReadMode::Decrypt(ContentKey::read_file(&path)?),
+                None => ReadMode::Refuse,
+            };
+            get(&client, &object, stdio_path(file), range, &mode).await
+        }
         Command::Ls { target, long } => ls(&client, &target, long).await,
         Command::Rm { object } => {
             let version = client.delete(&object.bucket, &object.key).await?;
@@ -288,7 +403,9 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Stat { object } => stat(&client, &object).await,
-        Command::Dev { .. } | Command::Status { .. } => unreachable!("handled above"),
+        Command::Dev { .. } | Command::Status { .. } | Command::Key { .. } => {
+            unreachable!("handled above")
+        }
     }
 }
 
@@ -339,21 +456,45 @@ async fn open_input(file: Option<&Path>) -> Result<(Input, Option<u64>)> {
     Ok((Box::new(tokio::io::stdin()), None))
 }
 
-async fn put(client: &Client, object: &ObjectAddr, file: Option<PathBuf>) -> Result<()> {
+async fn put(
+    client: &Client,
+    object: &ObjectAddr,
+    file: Option<PathBuf>,
+    key: Option<&ContentKey>,
+) -> Result<()> {
     let (input, size) = open_input(file.as_deref()).await?;
     let mut bar = TransferBar::new(format!("put {object}"), std::io::stderr().is_terminal());
-    let response = client
-        .put(&object.bucket, &object.key, input, size, |p| bar.update(p))
-        .await?;
+    let response = match key {
+        Some(key) => {
+            sealed_object::put_sealed(client, &object.bucket, &object.key, input, size, key, |p| {
+                bar.update(p)
+            })
+            .await?
+        }
+        None => {
+            client
+                .put(&object.bucket, &object.key, input, size, |p| bar.update(p))
+                .await?
+        }
+    };
     bar.finish();
-    let (size, version) = response
+    let (stored, version) = response
         .info
         .as_ref()
         .map_or((size.unwrap_or(0), 0), |i| (i.size, i.version));
-    println!(
-        "put {object}: {} ({size} bytes), version {version}",
-        format_size(size)
-    );
+    match key {
+        Some(_) => {
+            let plain = Layout::new(DEFAULT_CHUNK_SIZE, stored).map_or(0, |l| l.plain_len);
+            println!(
+                "put {object}: {} ({plain} bytes), encrypted ({stored} bytes stored), version {version}",
+                format_size(plain)
+            );
+        }
+        None => println!(
+            "put {object}: {} ({stored} bytes), version {version}",
+            format_size(stored)
+        ),
+    }
     if response.degraded_stripes > 0 {
         eprintln!(
             "warning: {} stripe(s) were stored without some of their members; the fleet heals them when those members return",
@@ -363,11 +504,62 @@ async fn put(client: &Client, object: &ObjectAddr, file: Option<PathBuf>) -> Res
     Ok(())
 }
 
+/// How `get` treats an object that may be encrypted.
+enum ReadMode {
+    /// Verify and decrypt with this key; refuse an unencrypted object, which
+    /// could be a substitute for the one that was put.
+    Decrypt(ContentKey),
+    /// Copy as stored, but refuse an encrypted object rather than print
+    /// ciphertext to someone who forgot the key.
+    Refuse,
+    /// Copy as stored, whatever it is (`--raw`).
+    Raw,
+}
+
+/// Reads the object into `out` as `mode` says; returns the bytes written.
+async fn fetch_into<W>(
+    client: &Client,
+    object: &ObjectAddr,
+    range: Option<ByteRange>,
+    mode: &ReadMode,
+    out: &mut W,
+    progress: impl FnMut(Progress),
+) -> Result<u64>
+where
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    let (bucket, key) = (&object.bucket, &object.key);
+    // The server's errors name the object already; the content's do not.
+    let named = |e: SealedError| match e {
+        SealedError::Crypt(e) => anyhow::Error::new(e).context(format!("reading {object}")),
+        SealedError::Client(e) => e.into(),
+    };
+    Ok(match mode {
+        ReadMode::Decrypt(secret) => {
+            sealed_object::get_sealed(client, bucket, key, range, out, secret, progress)
+                .await
+                .map_err(named)?
+                .written
+        }
+        ReadMode::Refuse => {
+            let info = sealed_object::get_unsealed(client, bucket, key, range, out, progress)
+                .await
+                .map_err(named)?;
+            potluck_cli::client::expected_length(info.size, range)
+        }
+        ReadMode::Raw => {
+            let info = client.get(bucket, key, range, out, progress).await?;
+            potluck_cli::client::expected_length(info.size, range)
+        }
+    })
+}
+
 async fn get(
     client: &Client,
     object: &ObjectAddr,
     file: Option<PathBuf>,
     range: Option<ByteRange>,
+    mode: &ReadMode,
 ) -> Result<()> {
     let stderr_tty = std::io::stderr().is_terminal();
     let Some(path) = file else {
@@ -375,16 +567,16 @@ async fn get(
         // No bar over binary data in the same terminal.
         let show = stderr_tty && !std::io::stdout().is_terminal();
         let mut bar = TransferBar::new(format!("get {object}"), show);
-        client
-            .get(&object.bucket, &object.key, range, &mut stdout, |p| {
-                bar.update(p)
-            })
-            .await?;
-        stdout.flush().await?;
+        let fetched = fetch_into(client, object, range, mode, &mut stdout, |p| bar.update(p)).await;
+        // Flushed even after a failure: the verified chunks before a bad one
+        // are all the reader gets, and they should arrive whole.
+        let flushed = stdout.flush().await;
+        fetched?;
+        flushed?;
         return Ok(());
     };
     // Write next to the target and rename at the end, so a failed download
-    // never leaves a file that looks complete.
+    // (or one that failed to verify) never leaves a file that looks complete.
     let mut partial = path.clone().into_os_string();
     partial.push(".potluck-partial");
     let partial = PathBuf::from(partial);
@@ -392,18 +584,14 @@ async fn get(
         .await
         .with_context(|| format!("cannot create {}", partial.display()))?;
     let mut bar = TransferBar::new(format!("get {object}"), stderr_tty);
-    let result = client
-        .get(&object.bucket, &object.key, range, &mut out, |p| {
-            bar.update(p)
-        })
-        .await;
+    let result = fetch_into(client, object, range, mode, &mut out, |p| bar.update(p)).await;
     bar.finish();
-    let info = match result {
-        Ok(info) => info,
+    let written = match result {
+        Ok(written) => written,
         Err(e) => {
             drop(out);
             let _ = tokio::fs::remove_file(&partial).await;
-            return Err(e.into());
+            return Err(e);
         }
     };
     out.sync_all()
@@ -413,11 +601,50 @@ async fn get(
     tokio::fs::rename(&partial, &path)
         .await
         .with_context(|| format!("cannot move {} into place", partial.display()))?;
-    let written = potluck_cli::client::expected_length(info.size, range);
+    let verified = match mode {
+        ReadMode::Decrypt(_) => ", decrypted and verified",
+        _ => "",
+    };
     println!(
-        "got {object} -> {}: {} ({written} bytes)",
+        "got {object} -> {}: {} ({written} bytes){verified}",
         path.display(),
         format_size(written)
+    );
+    Ok(())
+}
+
+/// `potluck key new`: the key file is created, never replaced (replacing a
+/// key loses every object sealed with it), and readable by its owner only.
+fn key_new(file: Option<PathBuf>) -> Result<()> {
+    let key = ContentKey::generate()?;
+    let text = format!("{}\n", key.to_text());
+    let Some(path) = file else {
+        let mut stdout = std::io::stdout().lock();
+        stdout.write_all(text.as_bytes())?;
+        stdout.flush()?;
+        return Ok(());
+    };
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut out = match options.open(&path) {
+        Ok(out) => out,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => bail!(
+            "{} already exists; a key is never overwritten (objects sealed with it would be lost): pick another name or remove it yourself",
+            path.display()
+        ),
+        Err(e) => return Err(e).with_context(|| format!("cannot create {}", path.display())),
+    };
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.sync_all())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    eprintln!(
+        "wrote a new key to {}; keep a copy somewhere safe: objects encrypted with it cannot be read without it",
+        path.display()
     );
     Ok(())
 }
@@ -483,6 +710,19 @@ async fn stat(client: &Client, object: &ObjectAddr) -> Result<()> {
         format_size(info.chunk_size),
         info.chunk_size
     );
+    // The size above is what the members store; for an encrypted object the
+    // plaintext size follows from it and the header, without the key.
+    match sealed_object::probe(client, &object.bucket, &object.key, &info).await {
+        Ok(None) => println!("encrypted:  no"),
+        Ok(Some(Ok((header, layout)))) => println!(
+            "encrypted:  yes, XChaCha20-Poly1305 in {} chunks; plaintext {} ({} bytes); size above is the ciphertext",
+            format_size(u64::from(header.chunk_size)),
+            format_size(layout.plain_len),
+            layout.plain_len
+        ),
+        Ok(Some(Err(e))) => println!("encrypted:  yes, but {e}"),
+        Err(e) => println!("encrypted:  unknown ({e})"),
+    }
     Ok(())
 }
 
@@ -718,6 +958,51 @@ mod tests {
         assert_eq!(err.exit_code(), i32::from(exit::USAGE));
         let err = Cli::try_parse_from(["potluck", "dev", "up", "--capacity", "lots"]).unwrap_err();
         assert_eq!(err.exit_code(), i32::from(exit::USAGE));
+    }
+
+    #[test]
+    fn encryption_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "potluck",
+            "get",
+            "b/k",
+            "out",
+            "--encrypt-key",
+            "k.key",
+            "--raw",
+        ])
+        .unwrap();
+        let Command::Get {
+            encrypt_key, raw, ..
+        } = cli.command
+        else {
+            panic!("not get");
+        };
+        assert_eq!(encrypt_key, Some(PathBuf::from("k.key")));
+        assert!(raw);
+        let cli = Cli::try_parse_from(["potluck", "key", "new"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Key {
+                command: KeyCommand::New { file: None }
+            }
+        ));
+    }
+
+    #[test]
+    fn content_failures_exit_5_and_local_io_1() {
+        assert_eq!(crypt_exit_code(&CryptError::WrongKey), exit::INVALID);
+        assert_eq!(crypt_exit_code(&CryptError::KeyNeeded), exit::INVALID);
+        let tampered = CryptError::Tampered {
+            index: 3,
+            offset: 3 << 16,
+        };
+        assert_eq!(crypt_exit_code(&tampered), exit::INVALID);
+        assert!(crypt_hint(&tampered).unwrap().contains("altered"));
+        let io = CryptError::Write(std::io::Error::other("disk full"));
+        assert_eq!(crypt_exit_code(&io), exit::OTHER);
+        let err = anyhow::Error::new(SealedError::Crypt(CryptError::WrongKey));
+        assert_eq!(report(&err), ExitCode::from(exit::INVALID));
     }
 
     #[test]
