@@ -10,8 +10,6 @@ pub mod codec;
 pub mod control;
 pub mod gateway;
 pub mod gc;
-pub mod keys;
-pub mod layout;
 pub mod map_catchup;
 pub mod metrics;
 pub mod node;
@@ -24,4 +22,7 @@ pub mod server;
 pub mod shard_service;
 pub mod shard_store;
 pub mod throttle;
-pub mod validate;
+
+// Pure decoders and checks live in `potluck-format` (fuzzed without RocksDB); re-exported
+// so `crate::keys::…` and friends keep their paths.
+pub use potluck_format::{keys, layout, validate};

@@ -1,0 +1,10 @@
+//! Everything the agent decodes or validates from untrusted bytes (the network, the disk)
+//! that needs no store and no runtime: RocksDB key layout, manifest checks and stripe
+//! geometry, client input checks.
+//!
+//! Kept apart from `potluck-agent` so fuzz targets (`fuzz/`) can build it without RocksDB;
+//! the agent re-exports each module under its old path (`crate::keys`, ...).
+
+pub mod keys;
+pub mod layout;
+pub mod validate;
