@@ -391,3 +391,116 @@ fn cel_and_validate_agree() {
         );
     }
 }
+
+// ---- Bucket ----
+
+fn bucket_object(name: &str, spec: Value) -> Value {
+    json!({
+        "apiVersion": "potluck.dev/v1alpha1",
+        "kind": "Bucket",
+        "metadata": {"name": name, "namespace": "team-a"},
+        "spec": spec,
+    })
+}
+
+fn bucket_errors(object: &Value, old: Option<&Value>) -> Vec<String> {
+    let schema = schema_of(&crate::Bucket::crd());
+    match kube_cel::validate(&schema, object, old) {
+        Ok(()) => vec![],
+        Err(errors) => errors
+            .iter()
+            .map(|e| format!("{}: {}", e.field_path, e.message))
+            .collect(),
+    }
+}
+
+#[test]
+fn bucket_crd_is_namespaced_with_status_and_columns() {
+    let crd = crate::Bucket::crd();
+    assert_eq!(crd.spec.group, GROUP);
+    assert_eq!(crd.spec.scope, "Namespaced");
+    assert_eq!(
+        crd.spec.names.short_names.as_deref(),
+        Some(&["pbucket".to_owned()][..])
+    );
+    let version = &crd.spec.versions[0];
+    assert_eq!(version.name, VERSION);
+    assert!(version.subresources.as_ref().unwrap().status.is_some());
+    let shown: Vec<&str> = version
+        .additional_printer_columns
+        .as_ref()
+        .unwrap()
+        .iter()
+        .filter(|c| c.priority.unwrap_or(0) == 0)
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(
+        shown,
+        ["Bucket", "Pool", "Ready", "Reason", "Secret", "Age"]
+    );
+    let schema = schema_of(&crd);
+    assert_eq!(schema["properties"]["spec"]["required"], json!(["pool"]));
+}
+
+#[test]
+fn bucket_cel_checks_names_the_way_agents_do() {
+    assert_eq!(
+        bucket_errors(&bucket_object("photos", json!({"pool": "default"})), None),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        bucket_errors(
+            &bucket_object(
+                "x",
+                json!({"pool": "default", "bucketName": "team-a.photos", "secretName": "keys"})
+            ),
+            None
+        ),
+        Vec::<String>::new()
+    );
+    for bad in ["Photos", "-abc", "abc-", "a..b", "a_b"] {
+        let errors = bucket_errors(
+            &bucket_object("x", json!({"pool": "p", "bucketName": bad})),
+            None,
+        );
+        assert!(
+            errors.iter().any(|e| e.contains("bucketName must be 3-63")),
+            "{bad}: {errors:?}"
+        );
+    }
+    // The Bucket's own name stands in for bucketName, so it must be long enough.
+    let errors = bucket_errors(&bucket_object("ab", json!({"pool": "p"})), None);
+    assert!(
+        errors.iter().any(|e| e.contains("set spec.bucketName")),
+        "{errors:?}"
+    );
+    let errors = bucket_errors(
+        &bucket_object("x", json!({"pool": "p", "secretName": "Bad_Name"})),
+        None,
+    );
+    assert!(
+        errors.iter().any(|e| e.contains("valid Secret name")),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn bucket_pool_and_name_are_fixed_at_creation() {
+    let old = bucket_object("photos", json!({"pool": "default"}));
+    let moved = bucket_object("photos", json!({"pool": "other"}));
+    let errors = bucket_errors(&moved, Some(&old));
+    assert!(
+        errors.iter().any(|e| e.contains("pool cannot change")),
+        "{errors:?}"
+    );
+    let renamed = bucket_object("photos", json!({"pool": "default", "bucketName": "pics"}));
+    let errors = bucket_errors(&renamed, Some(&old));
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("bucketName cannot change")),
+        "{errors:?}"
+    );
+    let rekeyed = bucket_object("photos", json!({"pool": "default", "secretName": "other"}));
+    assert_eq!(bucket_errors(&rekeyed, Some(&old)), Vec::<String>::new());
+}

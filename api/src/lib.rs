@@ -1,10 +1,11 @@
-//! Potluck's Kubernetes API: the `StoragePool` and `StorageNode` custom resources
+//! Potluck's Kubernetes API: the `StoragePool`, `StorageNode` and `Bucket` custom resources
 //! (`potluck.dev/v1alpha1`), shared by the operator and the node agent.
 //!
 //! The CRDs in `deploy/crds.yaml` are generated from these types by
 //! `cargo run --bin crdgen > deploy/crds.yaml`, never edited by hand; a unit test fails when
 //! the committed file and the types disagree.
 
+pub mod bucket;
 pub mod condition;
 pub mod duration;
 pub mod node;
@@ -13,6 +14,7 @@ pub mod pool;
 #[cfg(test)]
 mod crd_tests;
 
+pub use bucket::{Bucket, BucketError, BucketSpec, BucketStatus};
 pub use node::{NodePhase, StorageNode, StorageNodeSpec, StorageNodeStatus};
 pub use pool::{
     PoolHealth, PoolParams, SpecError, StoragePool, StoragePoolSpec, StoragePoolStatus,
@@ -31,7 +33,7 @@ pub const CRDGEN_COMMAND: &str = "cargo run --bin crdgen > deploy/crds.yaml";
 
 /// Every CRD of the project, in the order they are written to `deploy/crds.yaml`.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![StoragePool::crd(), StorageNode::crd()]
+    vec![StoragePool::crd(), StorageNode::crd(), Bucket::crd()]
 }
 
 #[derive(Debug, thiserror::Error)]
