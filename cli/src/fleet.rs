@@ -6,9 +6,10 @@
 //! `next_map`, and pushes it to every agent. Children are killed when the
 //! `Fleet` is dropped, so a failing test leaves no agent behind.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -126,6 +127,24 @@ pub struct FleetConfig {
     /// `Some`: agents run in Kubernetes mode (register a StorageNode, renew a Lease) and the
     /// operator publishes the maps; the fleet then never builds or pushes one itself.
     pub kubernetes: Option<KubeAgents>,
+    /// Agents (by index) started differently from the rest; the others use
+    /// [`AgentOptions::default`].
+    pub agent_options: BTreeMap<usize, AgentOptions>,
+}
+
+/// How one agent is started, where it differs from the fleet's defaults: on another address,
+/// under a wrapper command (e.g. `ip netns exec NAME` to run it in a network namespace), with
+/// its own kubeconfig.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AgentOptions {
+    /// Address its gRPC and metrics listeners bind, and so the endpoint it registers;
+    /// `None` is 127.0.0.1.
+    pub listen_ip: Option<IpAddr>,
+    /// Program and arguments the agent binary is run under; empty runs it directly. The
+    /// wrapper must exec the agent (as `ip netns exec` does), so signals reach it.
+    pub command_prefix: Vec<String>,
+    /// In Kubernetes mode, the kubeconfig this agent uses instead of the fleet's.
+    pub kubeconfig: Option<PathBuf>,
 }
 
 /// How agents reach the API server in Kubernetes mode.
@@ -158,7 +177,13 @@ impl FleetConfig {
             stop_timeout: Duration::from_secs(20),
             own_process_group: false,
             kubernetes: None,
+            agent_options: BTreeMap::new(),
         }
+    }
+
+    /// How agent `index` is started ([`FleetConfig::agent_options`]).
+    pub fn agent_options(&self, index: usize) -> AgentOptions {
+        self.agent_options.get(&index).cloned().unwrap_or_default()
     }
 
     /// The pools the map is built from (see [`FleetConfig::pools`]).
@@ -235,6 +260,7 @@ impl fmt::Debug for FleetConfig {
             .field("stop_timeout", &self.stop_timeout)
             .field("own_process_group", &self.own_process_group)
             .field("kubernetes", &self.kubernetes)
+            .field("agent_options", &self.agent_options)
             .finish()
     }
 }
@@ -483,14 +509,23 @@ impl Fleet {
             now_unix_ms()
         )
         .map_err(io_err)?;
-        let mut command = Command::new(&cfg.agent_bin);
+        let options = cfg.agent_options(index);
+        let ip = options.listen_ip.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        let (program, mut command) = match options.command_prefix.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(&cfg.agent_bin);
+                (PathBuf::from(program), c)
+            }
+            None => (cfg.agent_bin.clone(), Command::new(&cfg.agent_bin)),
+        };
         command
             .arg("--id")
             .arg(&agent.id)
             .arg("--listen")
-            .arg(format!("127.0.0.1:{grpc_port}"))
+            .arg(SocketAddr::new(ip, grpc_port).to_string())
             .arg("--metrics-listen")
-            .arg(format!("127.0.0.1:{metrics_port}"))
+            .arg(SocketAddr::new(ip, metrics_port).to_string())
             .arg("--data-dir")
             .arg(&agent.data_dir)
             .arg("--capacity")
@@ -511,14 +546,17 @@ impl Fleet {
                 .arg(&kube.namespace)
                 .arg("--lease-duration-secs")
                 .arg(kube.lease_duration_secs.to_string())
-                .env("KUBECONFIG", &kube.kubeconfig);
+                .env(
+                    "KUBECONFIG",
+                    options.kubeconfig.as_ref().unwrap_or(&kube.kubeconfig),
+                );
         }
         #[cfg(unix)]
         if cfg.own_process_group {
             command.process_group(0);
         }
         let mut child = command.spawn().map_err(|error| FleetError::Spawn {
-            bin: cfg.agent_bin.clone(),
+            bin: program,
             error,
         })?;
         let stdout = child.stdout.take();
@@ -693,7 +731,7 @@ impl Fleet {
         &self.agents[index].id
     }
 
-    /// `http://127.0.0.1:P` of every agent not stopped or killed through
+    /// `http://ADDR:P` of every agent not stopped or killed through
     /// this fleet, in index order (agents that crashed on their own are
     /// included until [`Fleet::try_exited`] notices).
     pub fn endpoints(&self) -> Vec<String> {
@@ -704,7 +742,7 @@ impl Fleet {
             .collect()
     }
 
-    /// `http://127.0.0.1:P` of agent `index`, running or not. Panics if out of range.
+    /// `http://ADDR:P` of agent `index`, running or not. Panics if out of range.
     pub fn endpoint(&self, index: usize) -> String {
         format!("http://{}", self.agents[index].grpc)
     }
