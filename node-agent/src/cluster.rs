@@ -205,6 +205,7 @@ mod tests {
             }],
             members,
             created_unix_ms: 0,
+            ..Default::default()
         }
     }
 

@@ -196,9 +196,19 @@ async fn main() -> anyhow::Result<()> {
             lease_duration: Duration::from_secs(args.lease_duration_secs),
             startup_timeout: Duration::from_secs(60),
         };
-        let client = kube::Client::try_default().await.context(
+        let mut config = kube::Config::infer().await.context(
             "no Kubernetes client: set KUBECONFIG, or run in a pod with a service account",
         )?;
+        // The agent makes only short calls (no watches). Without a read deadline a renewal
+        // sent into a partition waits for TCP to give up (minutes) instead of failing and
+        // being retried on a fresh connection at the next tick.
+        let deadline = potluck_agent::registration::renew_interval(settings.lease_duration)
+            .max(Duration::from_secs(2));
+        config.read_timeout = Some(deadline);
+        config.write_timeout = Some(deadline);
+        config.connect_timeout = Some(deadline);
+        let client = kube::Client::try_from(config)
+            .context("cannot build a Kubernetes client from the configuration")?;
         let registration = Registration::register(client, settings, agent.node.metrics.clone())
             .await
             .context("registering with Kubernetes failed")?;

@@ -4,18 +4,35 @@
 //! named for it starts empty: the PG has less redundancy than its acting set suggests until
 //! recovery copies the shards over. The operator tracks those PGs from map to map, so that a
 //! pool is reported Degraded for exactly as long as data still has to move, including across
-//! operator restarts (the set is stored with the map).
+//! operator restarts (the set is stored with the map). A member that comes back from Down
+//! counts too: writes while it was Down skipped it, so its PGs lack those shards.
 
 use std::collections::{BTreeSet, HashSet};
 
-use potluck_proto::v1::ClusterMap;
+use potluck_proto::v1::{ClusterMap, MemberState};
 
 use crate::map_store::Recovering;
 
 /// The PGs still to recover after `previous` is replaced by `next`: the ones already pending,
-/// plus every PG whose acting set gained a member. A pool whose shape changed is pending as a
-/// whole; a pool that was not placed before has nothing stored, so nothing to recover.
+/// plus every PG whose acting set gained a member or holds a member that was Down and is up
+/// again. A pool whose shape changed is pending as a whole; a pool that was not placed before
+/// has nothing stored, so nothing to recover.
 pub fn after_publish(pending: &Recovering, previous: &ClusterMap, next: &ClusterMap) -> Recovering {
+    let was_down: HashSet<&str> = previous
+        .members
+        .iter()
+        .filter(|m| m.state == MemberState::Down as i32)
+        .map(|m| m.id.as_str())
+        .collect();
+    let returned: HashSet<&str> = next
+        .members
+        .iter()
+        .filter(|m| {
+            was_down.contains(m.id.as_str())
+                && (m.state == MemberState::Up as i32 || m.state == MemberState::Draining as i32)
+        })
+        .map(|m| m.id.as_str())
+        .collect();
     let mut out = Recovering::new();
     for pool in &next.pools {
         let Some(before) = previous.pools.iter().find(|p| p.name == pool.name) else {
@@ -41,7 +58,8 @@ pub fn after_publish(pending: &Recovering, previous: &ClusterMap, next: &Cluster
             };
             let was_pending =
                 same_shape && pending.get(&pool.name).is_some_and(|p| p.contains(&pg));
-            if gained || was_pending {
+            let back = acting.members.iter().any(|m| returned.contains(m.as_str()));
+            if gained || was_pending || back {
                 set.insert(pg);
             }
         }
@@ -77,6 +95,7 @@ mod tests {
                 unplaceable_reason: String::new(),
             }],
             created_unix_ms: 0,
+            ..Default::default()
         }
     }
 
@@ -95,6 +114,32 @@ mod tests {
         // Reordering the same members is not a move.
         let d = map(4, &[&["v", "x", "y"], &["x", "w", "y"]]);
         assert_eq!(after_publish(&Recovering::new(), &c, &d), Recovering::new());
+    }
+
+    #[test]
+    fn a_member_back_from_down_makes_its_pgs_pending() {
+        use potluck_proto::v1::MemberInfo;
+        let with_states = |epoch, w_state: MemberState| {
+            let mut m = map(epoch, &[&["x", "y", "z"], &["x", "y", "w"]]);
+            m.members = ["x", "y", "z", "w"]
+                .iter()
+                .map(|id| MemberInfo {
+                    id: id.to_string(),
+                    state: if *id == "w" { w_state } else { MemberState::Up } as i32,
+                    ..Default::default()
+                })
+                .collect();
+            m
+        };
+        let up = with_states(1, MemberState::Up);
+        let down = with_states(2, MemberState::Down);
+        let back = with_states(3, MemberState::Up);
+        assert!(after_publish(&Recovering::new(), &up, &down).is_empty());
+        assert_eq!(
+            after_publish(&Recovering::new(), &down, &back),
+            Recovering::from([("p".into(), BTreeSet::from([1]))]),
+            "only the PG holding the returned member"
+        );
     }
 
     #[test]

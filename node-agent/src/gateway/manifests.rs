@@ -22,6 +22,21 @@ pub fn read_quorum(n: usize) -> usize {
     n - write_quorum(n) + 1
 }
 
+/// Members the map marks Down or Out are not asked: they would only make the call wait out
+/// its deadline (a put took seconds instead of milliseconds while a member was Down), and
+/// their answer could not count anyway.
+fn reachable(view: &MapView, member: &str) -> Result<(), String> {
+    match view
+        .member(member)
+        .map(|m| pb::MemberState::try_from(m.state))
+    {
+        Some(Ok(pb::MemberState::Down | pb::MemberState::Out)) => {
+            Err(format!("member {member} is down in the map"))
+        }
+        _ => Ok(()),
+    }
+}
+
 fn newer(a: &pb::Manifest, b: &pb::Manifest) -> bool {
     (a.version, &a.object_id) > (b.version, &b.object_id)
 }
@@ -36,9 +51,15 @@ pub async fn write(
 ) -> Result<(), Status> {
     let pg = manifest_pg(&m.bucket, &m.key, pool.pg_count);
     let set = &pool.pgs[pg as usize].members;
-    let calls = set
-        .iter()
-        .map(|member| node.put_manifest(view, member, pg, m.clone()));
+    let calls = set.iter().map(|member| {
+        let m = m.clone();
+        async move {
+            reachable(view, member)?;
+            node.put_manifest(view, member, pg, m)
+                .await
+                .map_err(|e| e.to_string())
+        }
+    });
     let results = join_all(calls).await;
     // Only members that now hold this version count: one that kept a newer
     // version did not store ours.
@@ -53,10 +74,7 @@ pub async fn write(
             m.bucket, m.key
         )));
     }
-    let errors: Vec<String> = results
-        .into_iter()
-        .filter_map(|r| r.err().map(|e| e.to_string()))
-        .collect();
+    let errors: Vec<String> = results.into_iter().filter_map(|r| r.err()).collect();
     Err(Status::unavailable(format!(
         "manifest of {}/{} reached {acks} of {} members of PG {pg}, {need} needed; bring members back and retry ({})",
         m.bucket,
@@ -77,17 +95,17 @@ pub async fn read(
 ) -> Result<Option<pb::Manifest>, Status> {
     let pg = manifest_pg(bucket, key, pool.pg_count);
     let set = &pool.pgs[pg as usize].members;
-    let calls = set
-        .iter()
-        .map(|member| node.get_manifest(view, member, &pool.name, bucket, key));
+    let calls = set.iter().map(|member| async move {
+        reachable(view, member)?;
+        node.get_manifest(view, member, &pool.name, bucket, key)
+            .await
+            .map_err(|e| e.to_string())
+    });
     let results = join_all(calls).await;
     let answered = results.iter().filter(|r| r.is_ok()).count();
     let need = read_quorum(set.len());
     if answered < need {
-        let errors: Vec<String> = results
-            .into_iter()
-            .filter_map(|r| r.err().map(|e| e.to_string()))
-            .collect();
+        let errors: Vec<String> = results.into_iter().filter_map(|r| r.err()).collect();
         return Err(Status::unavailable(format!(
             "manifest of {bucket}/{key}: {answered} of {} members of PG {pg} answered, {need} needed; bring members back and retry ({})",
             set.len(),

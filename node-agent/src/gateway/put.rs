@@ -275,9 +275,19 @@ async fn receive_and_commit(
         )));
     }
 
+    // The map may have moved on while the stripes were sent (a member went Down or Out):
+    // members refuse manifest writes carrying an older epoch, so commit with the newest map.
+    // The stripes stay where the old map put them; recovery moves them if need be.
+    let view = node.cluster.view();
+    let Some(commit_pool) = view.pool(&ctx.pool.name).cloned() else {
+        return Err(Status::unavailable(format!(
+            "pool {} left the cluster map during the upload; nothing was stored",
+            ctx.pool.name
+        )));
+    };
     // Versions come from gateway clocks; never go below what the key already
     // has, or a put through a gateway with a slower clock would be ignored.
-    let newest = manifests::read(&node, &view, &ctx.pool, &header.bucket, &header.key).await?;
+    let newest = manifests::read(&node, &view, &commit_pool, &header.bucket, &header.key).await?;
     let version = newest
         .map_or(0, |n| n.version.saturating_add(1))
         .max(now_unix_ns());
@@ -297,7 +307,7 @@ async fn receive_and_commit(
         chunk_size: ctx.pool.chunk_size,
         missing: done.iter().map(|d| d.missing).collect(),
         shard_hashes: done.into_iter().map(|d| d.hashes).collect(),
-        epoch: view.epoch(),
+        epoch: ctx.view.epoch(),
     };
     let info = info_of(&manifest);
     let age = Duration::from_millis(now_unix_ms().saturating_sub(ctx.created_unix_ms));
@@ -310,7 +320,7 @@ async fn receive_and_commit(
         )));
     }
     progress.committing = true;
-    manifests::write(&node, &view, &ctx.pool, manifest).await?;
+    manifests::write(&node, &view, &commit_pool, manifest).await?;
     transfer.succeeded();
     Ok(pb::PutObjectResponse {
         info: Some(info),
