@@ -30,6 +30,11 @@ const CF_META: &str = "meta";
 const META_MAP: &[u8] = b"cluster_map";
 const META_MEMBER: &[u8] = b"member_id";
 const META_SCRUB: &[u8] = b"scrub_last_unix_ms";
+const META_FORMAT: &[u8] = b"format";
+/// Format 2: object ids carry their creation time and their key's hash
+/// (`layout::new_object_id`), which abandoned-stripe collection relies on. Data written
+/// with the random ids of format 1 would look abandoned to it.
+const FORMAT: &[u8] = b"2";
 
 /// Values at least this large go to blob files.
 const MIN_BLOB_SIZE: u64 = 4096;
@@ -54,6 +59,10 @@ pub enum StoreError {
         "data directory belongs to member {found:?}, not {expected:?}; use the right --data-dir"
     )]
     WrongMember { expected: String, found: String },
+    #[error(
+        "data directory holds data in an older format ({found}), whose object ids this version would take for abandoned uploads and delete; copy the objects out with the older version and start this member with an empty --data-dir"
+    )]
+    OldFormat { found: String },
     #[error("stored record is malformed: {0}")]
     Malformed(String),
     #[error(transparent)]
@@ -172,7 +181,26 @@ impl ShardStore {
         };
         store.claim(member_id)?;
         store.recount()?;
+        store.check_format()?;
         Ok(store)
+    }
+
+    /// Marks a new store with the current format, and refuses one written in an older format.
+    fn check_format(&self) -> Result<(), StoreError> {
+        let meta = self.cf(CF_META)?;
+        match self.db.get_cf(meta, META_FORMAT)? {
+            Some(f) if f == FORMAT => Ok(()),
+            Some(f) => Err(StoreError::OldFormat {
+                found: String::from_utf8_lossy(&f).into_owned(),
+            }),
+            None if self.shards.load(Ordering::Relaxed)
+                + self.manifests.load(Ordering::Relaxed)
+                > 0 =>
+            {
+                Err(StoreError::OldFormat { found: "1".into() })
+            }
+            None => Ok(self.db.put_cf_opt(meta, META_FORMAT, FORMAT, &self.sync)?),
+        }
     }
 
     fn cf(&self, name: &str) -> Result<&ColumnFamily, StoreError> {
@@ -754,6 +782,21 @@ mod tests {
         store
             .put_shard(k, data, blake3::hash(data).as_bytes())
             .unwrap();
+    }
+
+    #[test]
+    fn a_store_with_data_but_no_format_mark_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = ShardStore::open(dir.path(), "a", 1 << 30).unwrap();
+            put(&s, &key(1, 0, 0), b"x");
+            s.db.delete_cf(s.cf(CF_META).unwrap(), META_FORMAT).unwrap();
+        }
+        let err = ShardStore::open(dir.path(), "a", 1 << 30).err().unwrap();
+        assert!(matches!(err, StoreError::OldFormat { .. }), "{err}");
+        let fresh = tempfile::tempdir().unwrap();
+        drop(ShardStore::open(fresh.path(), "a", 1 << 30).unwrap());
+        ShardStore::open(fresh.path(), "a", 1 << 30).expect("a store it marked itself opens");
     }
 
     #[test]
