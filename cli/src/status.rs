@@ -425,6 +425,7 @@ mod tests {
                 unplaceable_reason: String::new(),
             }],
             created_unix_ms: 0,
+            ..Default::default()
         };
         let members = ids
             .iter()

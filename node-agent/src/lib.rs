@@ -4,6 +4,7 @@
 //! → `codec`/`layout` (stripes) → `gateway` (object API); `gc` works beside
 //! them, `cluster` holds the map every layer routes by.
 
+pub mod auth;
 pub mod buffers;
 pub mod cluster;
 pub mod codec;

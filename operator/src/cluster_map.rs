@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use potluck_placement::{Member, Placement, Rule};
-use potluck_proto::v1::{ActingSet, ClusterMap, MemberInfo, MemberState, PoolMap};
+use potluck_proto::v1::{ActingSet, BucketAccess, ClusterMap, MemberInfo, MemberState, PoolMap};
 
 /// More shards per stripe than this would make every stripe touch a large part of a small
 /// fleet, and the write path keeps a per-stripe bitmap of missing shards in a `u32`.
@@ -283,7 +283,37 @@ pub fn next_map(
         members: member_infos,
         pools: pool_maps,
         created_unix_ms: now_unix_ms,
+        // Filled in by `with_access`; `next_map` decides placement only.
+        buckets: Vec::new(),
+        require_auth: false,
     })
+}
+
+/// Puts bucket access into the map `next_map` returned for `previous`, minting one more epoch
+/// when access is all that changed (agents apply only newer epochs, so new keys would never
+/// reach them otherwise). `buckets` must be sorted as [`crate::buckets::plan`] sorts them, so
+/// that unchanged access compares equal and costs no epoch.
+pub fn with_access(
+    mut next: ClusterMap,
+    previous: Option<&ClusterMap>,
+    buckets: Vec<BucketAccess>,
+    require_auth: bool,
+    now_unix_ms: u64,
+) -> Result<ClusterMap, MapError> {
+    let reused = previous.is_some_and(|p| p.epoch == next.epoch);
+    if reused && next.buckets == buckets && next.require_auth == require_auth {
+        return Ok(next);
+    }
+    next.buckets = buckets;
+    next.require_auth = require_auth;
+    if reused {
+        next.epoch = next
+            .epoch
+            .checked_add(1)
+            .ok_or(MapError::EpochExhausted(next.epoch))?;
+        next.created_unix_ms = now_unix_ms;
+    }
+    Ok(next)
 }
 
 /// The previous acting sets of a pool, if they describe the same stripe shape: with another

@@ -29,7 +29,9 @@ use potluck_api::{NodePhase, StorageNode, StorageNodeStatus, StoragePool, Storag
 use potluck_proto::v1::{ClusterMap, MemberInfo, MemberState};
 
 use crate::agents::Agents;
-use crate::cluster_map::{next_map, MapError, MemberSpec, PoolSpec};
+use crate::bucket_controller;
+use crate::buckets;
+use crate::cluster_map::{next_map, with_access, MapError, MemberSpec, PoolSpec};
 use crate::map_store::{MapStore, Recovering, StoreError, Stored};
 use crate::membership::{map_state, next_phase, RenewalClock, Timing};
 use crate::metrics::Metrics;
@@ -58,6 +60,8 @@ pub enum Error {
     Map(#[from] MapError),
     #[error("finalizer {FINALIZER}: {0}")]
     Finalizer(String),
+    #[error(transparent)]
+    Secret(#[from] buckets::SecretError),
 }
 
 impl Error {
@@ -69,12 +73,15 @@ impl Error {
             Error::Store(_) => "map_store",
             Error::Map(_) => "map",
             Error::Finalizer(_) => "finalizer",
+            Error::Secret(_) => "secret",
         }
     }
 }
 
 pub struct Config {
     pub namespace: String,
+    /// Published in every map: agents then refuse ObjectService calls without a valid key.
+    pub require_auth: bool,
     pub identity: String,
     pub agent_timeout: Duration,
     pub agent_concurrency: usize,
@@ -82,13 +89,16 @@ pub struct Config {
 }
 
 pub struct Context {
-    client: Client,
+    pub(crate) client: Client,
     namespace: String,
     store: MapStore,
     agents: Agents,
     recorder: Recorder,
     pub metrics: Metrics,
     fleet: tokio::sync::Mutex<Fleet>,
+    require_auth: bool,
+    /// Each Bucket's credentials as its last reconcile read them (by uid).
+    pub(crate) bucket_keys: std::sync::Mutex<buckets::Resolved>,
 }
 
 #[derive(Default)]
@@ -107,14 +117,16 @@ struct Fleet {
 }
 
 /// What a fleet pass leaves for the pool being reconciled.
-struct Snapshot {
+pub(crate) struct Snapshot {
     heal_rate: u64,
-    map: Option<ClusterMap>,
+    pub(crate) map: Option<ClusterMap>,
     /// Members that are Out yet still in the map, because no one can take their positions.
     stuck: Vec<String>,
     recovering: Recovering,
     reports: HashMap<String, AgentReport>,
     tick: Duration,
+    /// What the stored map does for each Bucket, by uid.
+    pub(crate) buckets: HashMap<String, buckets::Verdict>,
 }
 
 impl Context {
@@ -131,6 +143,8 @@ impl Context {
             client,
             metrics,
             fleet: tokio::sync::Mutex::new(Fleet::default()),
+            require_auth: cfg.require_auth,
+            bucket_keys: std::sync::Mutex::new(buckets::Resolved::new()),
         }
     }
 
@@ -159,7 +173,7 @@ impl Context {
 
     /// The fleet-wide part of a reconcile. `leaving` names a pool being deleted, which is left
     /// out of the map even though it still exists.
-    async fn sync_fleet(&self, leaving: Option<&str>) -> Result<Snapshot, Error> {
+    pub(crate) async fn sync_fleet(&self, leaving: Option<&str>) -> Result<Snapshot, Error> {
         let mut fleet = self.fleet.lock().await;
         let lp = ListParams::default();
         let pools = Api::<StoragePool>::all(self.client.clone())
@@ -174,6 +188,7 @@ impl Context {
             .list(&ListParams::default().labels(AGENT_LEASE_SELECTOR))
             .await?
             .items;
+        let bucket_list = bucket_controller::list_buckets(&self.client).await?;
         if !fleet.loaded {
             fleet.stored = self.store.load().await?;
             fleet.loaded = true;
@@ -279,7 +294,30 @@ impl Context {
             .collect();
         let previous = fleet.stored.as_ref().map(|s| &s.map);
         let now_ms = u64::try_from(wall_now.as_millisecond()).unwrap_or(0);
-        let next = next_map(previous, &members, &specs, now_ms)?;
+        let pool_names: BTreeSet<String> = pools
+            .iter()
+            .filter(|p| leaving != Some(p.name_any().as_str()))
+            .map(|p| p.name_any())
+            .collect();
+        let bucket_plan = {
+            let mut keys = self
+                .bucket_keys
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let uids: HashSet<&str> = bucket_list
+                .iter()
+                .filter_map(|b| b.metadata.uid.as_deref())
+                .collect();
+            keys.retain(|uid, _| uids.contains(uid.as_str()));
+            buckets::plan(&bucket_list, &pool_names, &keys, previous)
+        };
+        let next = with_access(
+            next_map(previous, &members, &specs, now_ms)?,
+            previous,
+            bucket_plan.access,
+            self.require_auth,
+            now_ms,
+        )?;
         if previous.map(|m| m.epoch) != Some(next.epoch) {
             let rv = fleet.stored.as_ref().map(|s| s.resource_version.clone());
             let pending = match &fleet.stored {
@@ -296,6 +334,7 @@ impl Context {
                 epoch = next.epoch,
                 members = next.members.len(),
                 pools = next.pools.len(),
+                buckets = next.buckets.len(),
                 "published cluster map"
             );
             self.metrics.set_epoch(next.epoch);
@@ -467,6 +506,7 @@ impl Context {
                 .unwrap_or_default(),
             reports: fleet.reports.clone(),
             tick,
+            buckets: bucket_plan.verdicts,
         })
     }
 }
@@ -754,7 +794,8 @@ pub async fn run(ctx: Arc<Context>, concurrency: u16) {
     }
     let controller = Controller::new(pools, watcher::Config::default());
     let store = controller.store();
-    controller
+    let buckets = bucket_controller::run(ctx.clone(), concurrency);
+    let pools = controller
         .watches(
             nodes,
             watcher::Config::default(),
@@ -772,8 +813,8 @@ pub async fn run(ctx: Arc<Context>, concurrency: u16) {
             if let Err(e) = r {
                 tracing::debug!("reconcile: {e}");
             }
-        })
-        .await;
+        });
+    futures::join!(pools, buckets);
 }
 
 #[cfg(test)]
@@ -861,6 +902,7 @@ mod tests {
                 unplaceable_reason: String::new(),
             }],
             created_unix_ms: 0,
+            ..Default::default()
         };
         let reports: HashMap<String, AgentReport> = ["a", "b", "c"]
             .iter()

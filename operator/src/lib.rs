@@ -6,6 +6,8 @@
 //! map through [`map_store`] before any agent sees it, and delivers it with [`agents`].
 
 pub mod agents;
+pub mod bucket_controller;
+pub mod buckets;
 pub mod cluster_map;
 pub mod controller;
 pub mod map_store;

@@ -43,6 +43,10 @@ struct Args {
     /// StoragePools reconciled at once.
     #[arg(long, default_value_t = 2)]
     reconcile_concurrency: u16,
+    /// Make agents refuse ObjectService calls that carry no valid Bucket key. Off only for
+    /// a local fleet: anyone who reaches an agent then reads and writes every bucket.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    require_auth: bool,
 }
 
 #[tokio::main]
@@ -112,8 +116,14 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(%identity, "holding the leader Lease; reconciling");
     metrics.set_leader(true);
 
+    if !args.require_auth {
+        tracing::warn!(
+            "--require-auth=false: agents serve every bucket to callers without credentials"
+        );
+    }
     let cfg = Config {
         namespace: args.namespace.clone(),
+        require_auth: args.require_auth,
         identity: identity.clone(),
         agent_timeout: Duration::from_secs(args.agent_timeout_secs.max(1)),
         agent_concurrency: args.agent_concurrency,

@@ -176,6 +176,7 @@ mod tests {
             }],
             pools: vec![],
             created_unix_ms: 5,
+            ..Default::default()
         }
     }
 

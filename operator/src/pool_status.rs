@@ -425,6 +425,7 @@ mod tests {
                 unplaceable_reason: unplaceable.into(),
             }],
             created_unix_ms: 0,
+            ..Default::default()
         }
     }
 

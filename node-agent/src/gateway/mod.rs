@@ -14,6 +14,7 @@ use pb::object_service_server::ObjectService;
 use potluck_proto::v1 as pb;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::{Authenticator, Caller};
 use crate::cluster::MapView;
 use crate::codec::CodecError;
 use crate::node::{now_unix_ms, now_unix_ns, Node};
@@ -21,11 +22,21 @@ use crate::validate;
 
 pub struct Gateway {
     node: Arc<Node>,
+    auth: Authenticator,
 }
 
 impl Gateway {
     pub fn new(node: Arc<Node>) -> Self {
-        Self { node }
+        Self {
+            node,
+            auth: Authenticator::new(),
+        }
+    }
+
+    /// Every call is authenticated before its body is read (`auth`).
+    fn caller<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
+        self.auth
+            .authenticate(&self.node.cluster.view(), req.metadata())
     }
 
     fn observe<T>(&self, method: &str, started: Instant, r: &Result<T, Status>) {
@@ -103,7 +114,10 @@ impl ObjectService for Gateway {
         req: Request<Streaming<pb::PutObjectRequest>>,
     ) -> Result<Response<pb::PutObjectResponse>, Status> {
         let t = Instant::now();
-        let r = put::put_object(self.node.clone(), req.into_inner()).await;
+        let r = match self.caller(&req) {
+            Ok(caller) => put::put_object(self.node.clone(), caller, req.into_inner()).await,
+            Err(s) => Err(s),
+        };
         self.observe("PutObject", t, &r);
         if let Err(s) = &r {
             tracing::info!(code = ?s.code(), "put refused: {}", s.message());
@@ -118,7 +132,13 @@ impl ObjectService for Gateway {
         req: Request<pb::GetObjectRequest>,
     ) -> Result<Response<Self::GetObjectStream>, Status> {
         let t = Instant::now();
-        let r = get::get_object(self.node.clone(), req.into_inner()).await;
+        let r = async {
+            let caller = self.caller(&req)?;
+            let mut req = req.into_inner();
+            caller.authorize(&req.bucket, &mut req.pool)?;
+            get::get_object(self.node.clone(), req).await
+        }
+        .await;
         self.observe("GetObject", t, &r);
         r.map(Response::new)
     }
@@ -128,11 +148,15 @@ impl ObjectService for Gateway {
         req: Request<pb::StatObjectRequest>,
     ) -> Result<Response<pb::ObjectInfo>, Status> {
         let t = Instant::now();
-        let req = req.into_inner();
-        let r = self
-            .live(&req.bucket, &req.key, &req.pool)
-            .await
-            .map(|(_, _, m)| info_of(&m));
+        let r = async {
+            let caller = self.caller(&req)?;
+            let mut req = req.into_inner();
+            caller.authorize(&req.bucket, &mut req.pool)?;
+            self.live(&req.bucket, &req.key, &req.pool)
+                .await
+                .map(|(_, _, m)| info_of(&m))
+        }
+        .await;
         self.observe("StatObject", t, &r);
         r.map(Response::new)
     }
@@ -142,8 +166,10 @@ impl ObjectService for Gateway {
         req: Request<pb::DeleteObjectRequest>,
     ) -> Result<Response<pb::DeleteObjectResponse>, Status> {
         let t = Instant::now();
-        let req = req.into_inner();
         let r = async {
+            let caller = self.caller(&req)?;
+            let mut req = req.into_inner();
+            caller.authorize(&req.bucket, &mut req.pool)?;
             let (view, pool, live) = self.live(&req.bucket, &req.key, &req.pool).await?;
             let version = now_unix_ns().max(live.version + 1);
             let tombstone = pb::Manifest {
@@ -174,7 +200,13 @@ impl ObjectService for Gateway {
         req: Request<pb::ListObjectsRequest>,
     ) -> Result<Response<pb::ListObjectsResponse>, Status> {
         let t = Instant::now();
-        let r = list::list_objects(&self.node, req.into_inner()).await;
+        let r = async {
+            let caller = self.caller(&req)?;
+            let mut req = req.into_inner();
+            caller.authorize(&req.bucket, &mut req.pool)?;
+            list::list_objects(&self.node, req).await
+        }
+        .await;
         self.observe("ListObjects", t, &r);
         r.map(Response::new)
     }

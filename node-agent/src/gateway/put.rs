@@ -58,10 +58,11 @@ struct Progress {
 
 pub async fn put_object(
     node: Arc<Node>,
+    caller: crate::auth::Caller,
     stream: tonic::Streaming<pb::PutObjectRequest>,
 ) -> Result<pb::PutObjectResponse, Status> {
     let mut progress = Progress::default();
-    let r = receive_and_commit(node, stream, &mut progress).await;
+    let r = receive_and_commit(node, caller, stream, &mut progress).await;
     if r.is_err() && !progress.committing {
         if let Some(ctx) = progress.ctx.take() {
             if progress.stripes > 0 {
@@ -117,10 +118,11 @@ async fn take_back(ctx: Arc<PutContext>, stripes: u64) {
 
 async fn receive_and_commit(
     node: Arc<Node>,
+    caller: crate::auth::Caller,
     mut stream: tonic::Streaming<pb::PutObjectRequest>,
     progress: &mut Progress,
 ) -> Result<pb::PutObjectResponse, Status> {
-    let header = match stream.message().await.map_err(client_gone)? {
+    let mut header = match stream.message().await.map_err(client_gone)? {
         Some(pb::PutObjectRequest {
             body: Some(Body::Header(h)),
         }) => h,
@@ -137,6 +139,7 @@ async fn receive_and_commit(
     };
     validate::bucket(&header.bucket)?;
     validate::key(&header.key)?;
+    caller.authorize(&header.bucket, &mut header.pool)?;
     let view = node.cluster.view();
     let pool = resolve_pool(&view, &header.pool)?.clone();
     let codec = node.codecs.get(pool.k, pool.m).map_err(status_from_codec)?;

@@ -455,3 +455,80 @@ fn a_pool_that_cannot_be_replaced_keeps_its_sets_and_lists_the_out_member_as_dow
     assert_eq!(fourth.epoch, 2);
     assert_eq!(pool_of(&fourth, "media").pgs, pool_of(&first, "media").pgs);
 }
+
+fn access(name: &str, key: &str) -> BucketAccess {
+    BucketAccess {
+        name: name.into(),
+        pool: "media".into(),
+        keys: vec![potluck_proto::v1::AccessKey {
+            id: key.into(),
+            secret_blake3: vec![7; 32].into(),
+        }],
+    }
+}
+
+#[test]
+fn bucket_changes_mint_an_epoch_and_unchanged_access_does_not() {
+    let members = fleet(6, 6);
+    let pools = vec![pool("media", 4, 2, 16)];
+    let first = with_access(map(None, &members, &pools), None, vec![], true, NOW).unwrap();
+    assert_eq!((first.epoch, first.require_auth), (1, true));
+
+    // Same fleet, same (no) buckets: the same map, no new epoch.
+    let same = with_access(
+        map(Some(&first), &members, &pools),
+        Some(&first),
+        vec![],
+        true,
+        NOW + 1,
+    )
+    .unwrap();
+    assert_eq!(same, first);
+
+    // A bucket appears: one new epoch, placement untouched.
+    let granted = vec![access("photos", "pk-a")];
+    let second = with_access(
+        map(Some(&same), &members, &pools),
+        Some(&same),
+        granted.clone(),
+        true,
+        NOW + 2,
+    )
+    .unwrap();
+    assert_eq!(second.epoch, 2);
+    assert_eq!(second.created_unix_ms, NOW + 2);
+    assert_eq!(second.pools, first.pools);
+    assert_eq!(second.buckets, granted);
+    let again = with_access(
+        map(Some(&second), &members, &pools),
+        Some(&second),
+        granted.clone(),
+        true,
+        NOW + 3,
+    )
+    .unwrap();
+    assert_eq!(again, second);
+
+    // A member leaves and a bucket goes at once: still one epoch.
+    let third = with_access(
+        map(Some(&second), &members[1..], &pools),
+        Some(&second),
+        vec![],
+        true,
+        NOW + 4,
+    )
+    .unwrap();
+    assert_eq!(third.epoch, 3);
+    assert!(third.buckets.is_empty());
+
+    // Turning authentication off is a change too.
+    let fourth = with_access(
+        map(Some(&third), &members[1..], &pools),
+        Some(&third),
+        vec![],
+        false,
+        NOW + 5,
+    )
+    .unwrap();
+    assert_eq!((fourth.epoch, fourth.require_auth), (4, false));
+}

@@ -1,0 +1,369 @@
+//! Who may call the ObjectService: the keys and buckets the cluster map grants.
+//!
+//! A client sends `authorization: Bearer <access-key-id>:<secret>`. The map holds, per
+//! bucket, its pool and the BLAKE3 of each key's secret (never the secret itself), so the
+//! check is: find the key by id, hash what was sent, compare hashes. `blake3::Hash` compares
+//! in constant time, so the time taken says nothing about how much of a secret was right.
+//!
+//! Authentication happens before anything is read from a request's body; authorisation once
+//! the bucket is known (for a put, after its header). Sent credentials are always checked,
+//! even when the map does not require them: a client with a wrong key should hear so rather
+//! than silently act anonymously.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use potluck_proto::v1 as pb;
+use tonic::metadata::MetadataMap;
+use tonic::Status;
+
+use crate::cluster::MapView;
+use crate::validate;
+
+/// The gRPC metadata key credentials travel in.
+pub const METADATA_KEY: &str = "authorization";
+
+const HOW_TO_SEND: &str =
+    "send the metadata `authorization: Bearer <accessKeyId>:<secretAccessKey>` \
+     with the two values from your Bucket's credentials Secret (the potluck CLI: --access-key and \
+     --secret-key, or POTLUCK_ACCESS_KEY and POTLUCK_SECRET_KEY)";
+
+struct Key {
+    secret_blake3: blake3::Hash,
+    bucket: String,
+    pool: String,
+}
+
+/// The map's grants, indexed once per epoch.
+#[derive(Default)]
+struct Index {
+    epoch: u64,
+    require_auth: bool,
+    keys: HashMap<String, Key>,
+    /// Bucket name to its pool.
+    pools: HashMap<String, String>,
+}
+
+impl Index {
+    fn new(map: &pb::ClusterMap) -> Self {
+        let mut keys = HashMap::new();
+        let mut pools = HashMap::new();
+        // The operator never publishes a name or key id twice; if a map does anyway, neither
+        // claimant gets it, rather than whichever happens to come first.
+        let mut clashing_keys = Vec::new();
+        let mut clashing_names = Vec::new();
+        for bucket in &map.buckets {
+            if pools
+                .insert(bucket.name.clone(), bucket.pool.clone())
+                .is_some()
+            {
+                clashing_names.push(bucket.name.clone());
+            }
+            for key in &bucket.keys {
+                let Ok(hash) = <[u8; 32]>::try_from(key.secret_blake3.as_ref()) else {
+                    tracing::warn!(key = %key.id, "the map holds a key whose hash is not 32 bytes; ignoring it");
+                    continue;
+                };
+                let entry = Key {
+                    secret_blake3: blake3::Hash::from(hash),
+                    bucket: bucket.name.clone(),
+                    pool: bucket.pool.clone(),
+                };
+                if keys.insert(key.id.clone(), entry).is_some() {
+                    clashing_keys.push(key.id.clone());
+                }
+            }
+        }
+        for id in clashing_keys {
+            tracing::warn!(key = %id, "the map grants an access key id twice; refusing it");
+            keys.remove(&id);
+        }
+        for name in clashing_names {
+            tracing::warn!(bucket = %name, "the map lists a bucket twice; refusing its keys");
+            keys.retain(|_, k| k.bucket != name);
+        }
+        Self {
+            epoch: map.epoch,
+            require_auth: map.require_auth,
+            keys,
+            pools,
+        }
+    }
+}
+
+/// Checks calls against the current map, rebuilding its index when the epoch changes.
+#[derive(Default)]
+pub struct Authenticator {
+    index: Mutex<Arc<Index>>,
+}
+
+/// An authenticated caller: the key it presented, if any.
+pub struct Caller {
+    index: Arc<Index>,
+    /// The access key id, when one was presented and checked.
+    key: Option<String>,
+}
+
+impl Authenticator {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn index(&self, view: &MapView) -> Arc<Index> {
+        let mut current = self.index.lock().unwrap_or_else(PoisonError::into_inner);
+        if current.epoch != view.epoch() {
+            *current = Arc::new(Index::new(&view.map));
+        }
+        current.clone()
+    }
+
+    /// Who is calling: a valid key, or nobody when the map lets anonymous callers in.
+    /// Missing (when required), malformed, unknown or wrong credentials are UNAUTHENTICATED.
+    pub fn authenticate(&self, view: &MapView, metadata: &MetadataMap) -> Result<Caller, Status> {
+        let index = self.index(view);
+        let Some(value) = metadata.get(METADATA_KEY) else {
+            if index.require_auth {
+                return Err(Status::unauthenticated(format!(
+                    "this fleet requires credentials and the call carried none: {HOW_TO_SEND}"
+                )));
+            }
+            return Ok(Caller { index, key: None });
+        };
+        let text = value.to_str().map_err(|_| malformed())?;
+        let (scheme, credentials) = text.trim().split_once(' ').ok_or_else(malformed)?;
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Err(malformed());
+        }
+        let (id, secret) = credentials.trim().split_once(':').ok_or_else(malformed)?;
+        let Some(key) = index.keys.get(id) else {
+            return Err(Status::unauthenticated(format!(
+                "access key id {id:?} is not known to this fleet (its Bucket may be deleted, not \
+                 Ready yet, or the map not here yet); check the Bucket's status and {HOW_TO_SEND}"
+            )));
+        };
+        if blake3::hash(secret.as_bytes()) != key.secret_blake3 {
+            return Err(Status::unauthenticated(format!(
+                "wrong secret for access key id {id:?}: {HOW_TO_SEND}"
+            )));
+        }
+        Ok(Caller {
+            key: Some(id.to_owned()),
+            index,
+        })
+    }
+}
+
+fn malformed() -> Status {
+    Status::unauthenticated(format!(
+        "the authorization metadata is not `Bearer <accessKeyId>:<secretAccessKey>`: {HOW_TO_SEND}"
+    ))
+}
+
+impl Caller {
+    /// Whether the caller may use `bucket` in `pool`. An empty `pool` becomes the pool the
+    /// bucket is bound to, when it has one, so that clients need not know it.
+    pub fn authorize(&self, bucket: &str, pool: &mut String) -> Result<(), Status> {
+        if pool.is_empty() {
+            if let Some(bound) = self.index.pools.get(bucket) {
+                pool.clone_from(bound);
+            }
+        }
+        let Some(id) = &self.key else {
+            return Ok(());
+        };
+        let Some(key) = self.index.keys.get(id) else {
+            return Err(Status::unauthenticated(format!(
+                "access key id {id:?} is no longer granted"
+            )));
+        };
+        if key.bucket != bucket {
+            return Err(Status::permission_denied(format!(
+                "access key {id:?} does not open bucket {bucket:?}; use the credentials of that \
+                 bucket's Secret"
+            )));
+        }
+        let asked = validate::pool_name(pool);
+        if asked != key.pool {
+            return Err(Status::permission_denied(format!(
+                "bucket {bucket:?} is in pool {:?}, not {asked:?}; leave the pool empty or name \
+                 {:?}",
+                key.pool, key.pool
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    const SECRET_A: &str = "secret-of-bucket-a-0123456789abcdefghij";
+
+    fn map(epoch: u64, require_auth: bool) -> pb::ClusterMap {
+        let access = |name: &str, pool: &str, id: &str, secret: &str| pb::BucketAccess {
+            name: name.into(),
+            pool: pool.into(),
+            keys: vec![pb::AccessKey {
+                id: id.into(),
+                secret_blake3: blake3::hash(secret.as_bytes()).as_bytes().to_vec().into(),
+            }],
+        };
+        pb::ClusterMap {
+            epoch,
+            require_auth,
+            buckets: vec![
+                access("bucket-a", "default", "pk-a", SECRET_A),
+                access(
+                    "bucket-b",
+                    "fast",
+                    "pk-b",
+                    "secret-of-bucket-b-0123456789abcdefghij",
+                ),
+            ],
+            ..Default::default()
+        }
+    }
+
+    fn view(map: pb::ClusterMap) -> MapView {
+        MapView::new(map).unwrap()
+    }
+
+    fn with(value: Option<&str>) -> MetadataMap {
+        let mut md = MetadataMap::new();
+        if let Some(v) = value {
+            md.insert(METADATA_KEY, v.parse().unwrap());
+        }
+        md
+    }
+
+    fn bearer(id: &str, secret: &str) -> MetadataMap {
+        with(Some(&format!("Bearer {id}:{secret}")))
+    }
+
+    fn check(
+        auth: &Authenticator,
+        view: &MapView,
+        md: &MetadataMap,
+        bucket: &str,
+        pool: &str,
+    ) -> Result<String, Status> {
+        let caller = auth.authenticate(view, md)?;
+        let mut pool = pool.to_owned();
+        caller.authorize(bucket, &mut pool)?;
+        Ok(pool)
+    }
+
+    #[test]
+    fn a_key_opens_its_bucket_in_its_pool_only() {
+        let auth = Authenticator::new();
+        let v = view(map(3, true));
+        let a = bearer("pk-a", SECRET_A);
+        assert_eq!(check(&auth, &v, &a, "bucket-a", "").unwrap(), "default");
+        assert_eq!(
+            check(&auth, &v, &a, "bucket-a", "default").unwrap(),
+            "default"
+        );
+
+        let other = check(&auth, &v, &a, "bucket-b", "").unwrap_err();
+        assert_eq!(other.code(), Code::PermissionDenied);
+        assert!(
+            other.message().contains("\"bucket-b\""),
+            "{}",
+            other.message()
+        );
+        let unregistered = check(&auth, &v, &a, "loose", "").unwrap_err();
+        assert_eq!(unregistered.code(), Code::PermissionDenied);
+        let wrong_pool = check(&auth, &v, &a, "bucket-a", "fast").unwrap_err();
+        assert_eq!(wrong_pool.code(), Code::PermissionDenied);
+        assert!(wrong_pool.message().contains("is in pool \"default\""));
+    }
+
+    #[test]
+    fn missing_unknown_wrong_or_malformed_credentials_are_unauthenticated() {
+        let auth = Authenticator::new();
+        let v = view(map(3, true));
+        let cases = [
+            (with(None), "carried none"),
+            (bearer("pk-a", "not-the-secret"), "wrong secret"),
+            (bearer("pk-a", &SECRET_A[1..]), "wrong secret"),
+            (bearer("pk-zzz", SECRET_A), "not known"),
+            (with(Some(&format!("Basic pk-a:{SECRET_A}"))), "not `Bearer"),
+            (with(Some("Bearer pk-a")), "not `Bearer"),
+            (with(Some("Bearer")), "not `Bearer"),
+        ];
+        for (md, says) in cases {
+            let err = check(&auth, &v, &md, "bucket-a", "").unwrap_err();
+            assert_eq!(err.code(), Code::Unauthenticated, "{md:?}");
+            assert!(err.message().contains(says), "{md:?}: {}", err.message());
+            assert!(
+                err.message().contains("authorization: Bearer"),
+                "says what to send: {}",
+                err.message()
+            );
+            assert!(!err.message().contains(SECRET_A), "echoes the secret");
+        }
+        // The scheme is case-insensitive, as in HTTP.
+        assert!(check(
+            &auth,
+            &v,
+            &with(Some(&format!("bearer pk-a:{SECRET_A}"))),
+            "bucket-a",
+            ""
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn without_require_auth_anonymous_calls_pass_but_sent_keys_are_checked() {
+        let auth = Authenticator::new();
+        let v = view(map(3, false));
+        // Anonymous: any bucket, any pool; a bound bucket's pool fills an empty one.
+        assert_eq!(
+            check(&auth, &v, &with(None), "bucket-b", "").unwrap(),
+            "fast"
+        );
+        assert_eq!(check(&auth, &v, &with(None), "loose", "").unwrap(), "");
+        assert_eq!(
+            check(&auth, &v, &with(None), "bucket-a", "fast").unwrap(),
+            "fast"
+        );
+        let wrong = check(&auth, &v, &bearer("pk-a", "nope"), "bucket-a", "").unwrap_err();
+        assert_eq!(wrong.code(), Code::Unauthenticated);
+        let other = check(&auth, &v, &bearer("pk-a", SECRET_A), "bucket-b", "").unwrap_err();
+        assert_eq!(other.code(), Code::PermissionDenied);
+    }
+
+    #[test]
+    fn a_new_epoch_takes_keys_away() {
+        let auth = Authenticator::new();
+        let a = bearer("pk-a", SECRET_A);
+        assert!(check(&auth, &view(map(3, true)), &a, "bucket-a", "").is_ok());
+        let mut without_a = map(4, true);
+        without_a.buckets.remove(0);
+        let err = check(&auth, &view(without_a), &a, "bucket-a", "").unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated);
+        // A map from before buckets existed: nothing required, nothing granted.
+        let empty = view(pb::ClusterMap {
+            epoch: 5,
+            ..Default::default()
+        });
+        assert!(check(&auth, &empty, &with(None), "bucket-a", "").is_ok());
+        assert_eq!(
+            check(&auth, &empty, &a, "bucket-a", "").unwrap_err().code(),
+            Code::Unauthenticated
+        );
+    }
+
+    #[test]
+    fn a_key_id_or_name_granted_twice_opens_nothing() {
+        let auth = Authenticator::new();
+        let mut m = map(3, true);
+        let mut dup = m.buckets[0].clone();
+        dup.name = "bucket-c".into();
+        m.buckets.push(dup);
+        let err = check(&auth, &view(m), &bearer("pk-a", SECRET_A), "bucket-a", "").unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated);
+    }
+}
