@@ -70,6 +70,9 @@ pub struct DevClusterConfig {
     pub pool: Option<(String, StoragePoolSpec)>,
     /// How long each stage (CRDs, operator, agents Up, pool Ready) may take.
     pub stage_timeout: Duration,
+    /// The operator's `--require-auth`: off by default, so a local fleet takes calls without
+    /// Bucket credentials.
+    pub require_auth: bool,
 }
 
 impl DevClusterConfig {
@@ -98,6 +101,7 @@ impl DevClusterConfig {
             lease_duration_secs: 3,
             pool: Some(("default".into(), spec)),
             stage_timeout: Duration::from_secs(60),
+            require_auth: false,
         }
     }
 }
@@ -253,6 +257,7 @@ impl DevCluster {
             .arg("3")
             .arg("--agent-timeout-secs")
             .arg("2")
+            .arg(format!("--require-auth={}", self.cfg.require_auth))
             .env("KUBECONFIG", &self.cfg.kubeconfig)
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
