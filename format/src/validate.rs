@@ -56,6 +56,30 @@ pub fn prefix(prefix: &str) -> Result<(), Status> {
     Ok(())
 }
 
+/// The key a `ListObjects` page token stands for (hex of the last key listed); empty for the
+/// first page.
+pub fn page_token(token: &str) -> Result<String, Status> {
+    if token.is_empty() {
+        return Ok(String::new());
+    }
+    // A key is at most MAX_KEY_BYTES, so a longer token was not made by us: refuse it before
+    // decoding (and allocating for) it.
+    if token.len() > 2 * MAX_KEY_BYTES {
+        return Err(Status::invalid_argument(format!(
+            "page token is {} characters long, longer than any token this service returns; pass next_page_token exactly as returned",
+            token.len()
+        )));
+    }
+    hex::decode(token)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(|| {
+            Status::invalid_argument(
+                "page token is malformed; pass next_page_token exactly as returned",
+            )
+        })
+}
+
 /// The pool a request names, with the default filled in.
 pub fn pool_name(pool: &str) -> &str {
     if pool.is_empty() {
@@ -98,5 +122,15 @@ mod tests {
         let long = key(&"k".repeat(1025)).unwrap_err();
         assert!(long.message().contains("1025"));
         assert!(key("a\0b").is_err());
+    }
+
+    #[test]
+    fn page_tokens_round_trip_and_garbage_is_refused() {
+        assert_eq!(page_token(&hex::encode("a/b")).unwrap(), "a/b");
+        assert_eq!(page_token("").unwrap(), "");
+        for bad in ["zz".to_string(), "f".into(), "ff".into(), "0".repeat(2050)] {
+            let e = page_token(&bad).unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument, "{bad}");
+        }
     }
 }

@@ -36,7 +36,11 @@ impl MapView {
         let mut pools = HashMap::new();
         for p in &map.pools {
             validate_pool(p, &members)?;
-            pools.insert(p.name.clone(), p.clone());
+            // Found by fuzzing: a second pool of one name would shadow the first in lookups
+            // while code walking `map.pools` still saw both.
+            if pools.insert(p.name.clone(), p.clone()).is_some() {
+                return Err(MapError::Invalid(format!("pool {:?} listed twice", p.name)));
+            }
         }
         Ok(Self {
             map,
@@ -73,6 +77,13 @@ fn validate_pool(
     members: &HashMap<String, pb::MemberInfo>,
 ) -> Result<(), MapError> {
     let bad = |why: String| Err(MapError::Invalid(format!("pool {:?}: {why}", p.name)));
+    // The name goes into every key of the pool's data behind a one-byte length.
+    if p.name.is_empty() || p.name.len() > crate::keys::MAX_POOL_NAME {
+        return bad(format!(
+            "name must be 1-{} bytes",
+            crate::keys::MAX_POOL_NAME
+        ));
+    }
     let width = p.k.saturating_add(p.m);
     if p.k == 0 || p.m == 0 || width > crate::keys::MAX_WIDTH {
         return bad(format!("k={} m={} is not a usable code", p.k, p.m));
@@ -243,6 +254,13 @@ mod tests {
         assert!(matches!(c.apply(m, |_| Ok(())), Err(MapError::Invalid(_))));
         let mut m = map(1);
         m.pools[0].pgs.pop();
+        assert!(matches!(c.apply(m, |_| Ok(())), Err(MapError::Invalid(_))));
+        // Regressions from fuzz/ (cluster_map): a pool listed twice, an unaddressable name.
+        let mut m = map(1);
+        m.pools.push(m.pools[0].clone());
+        assert!(matches!(c.apply(m, |_| Ok(())), Err(MapError::Invalid(_))));
+        let mut m = map(1);
+        m.pools[0].name = "p".repeat(64);
         assert!(matches!(c.apply(m, |_| Ok(())), Err(MapError::Invalid(_))));
         assert_eq!(c.epoch(), 0);
     }

@@ -5,14 +5,12 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use potluck_proto::v1 as pb;
 use potluck_proto::v1::agent_control_client::AgentControlClient;
 use potluck_proto::v1::shard_service_client::ShardServiceClient;
 use tonic::transport::{Channel, Endpoint};
 
-/// Largest data frame in one gRPC message; shards above it are streamed.
-pub const FRAME_BYTES: usize = 4 << 20;
+// Framing of shards into messages is pure and fuzzed, so it lives in `potluck-format`.
+pub use potluck_format::frames::{put_shard_messages, FrameCollector, FRAME_BYTES};
 /// Message size limit on every client and server (frames plus headers).
 pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
 /// HTTP/2 flow-control windows: the 64 KiB defaults throttle a 1 MiB shard to
@@ -123,106 +121,5 @@ impl Peers {
             }
         };
         Ok(channel)
-    }
-}
-
-/// Splits a shard into PutShard messages; slices share the buffer, no copies.
-pub fn put_shard_messages(
-    epoch: u64,
-    header: pb::ShardHeader,
-    data: Bytes,
-) -> Vec<pb::PutShardRequest> {
-    let mut msgs = Vec::with_capacity(1 + data.len() / FRAME_BYTES);
-    let mut header = Some(header);
-    let mut off = 0;
-    loop {
-        let end = (off + FRAME_BYTES).min(data.len());
-        msgs.push(pb::PutShardRequest {
-            epoch,
-            header: header.take(),
-            data: data.slice(off..end),
-        });
-        off = end;
-        if off >= data.len() {
-            return msgs;
-        }
-    }
-}
-
-/// Gathers frames into one shard; a single frame is kept as is (no copy).
-pub struct FrameCollector {
-    first: Option<Bytes>,
-    rest: Option<BytesMut>,
-    limit: u64,
-}
-
-impl FrameCollector {
-    pub fn new(expected_len: u64) -> Self {
-        Self {
-            first: None,
-            rest: None,
-            limit: expected_len,
-        }
-    }
-
-    /// Adds a frame; false when the total would exceed the announced length.
-    pub fn push(&mut self, frame: Bytes) -> bool {
-        if self.len() + frame.len() as u64 > self.limit {
-            return false;
-        }
-        match (&mut self.first, &mut self.rest) {
-            (None, _) => self.first = Some(frame),
-            (Some(first), None) => {
-                let mut b = BytesMut::with_capacity(self.limit as usize);
-                b.extend_from_slice(first);
-                b.extend_from_slice(&frame);
-                self.rest = Some(b);
-            }
-            (Some(_), Some(b)) => b.extend_from_slice(&frame),
-        }
-        true
-    }
-
-    pub fn len(&self) -> u64 {
-        match (&self.first, &self.rest) {
-            (_, Some(b)) => b.len() as u64,
-            (Some(f), None) => f.len() as u64,
-            (None, None) => 0,
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    pub fn finish(self) -> Bytes {
-        match (self.first, self.rest) {
-            (_, Some(b)) => b.freeze(),
-            (Some(f), None) => f,
-            (None, None) => Bytes::new(),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn frames_split_and_join_back() {
-        let data = Bytes::from(vec![3u8; FRAME_BYTES * 2 + 5]);
-        let msgs = put_shard_messages(4, pb::ShardHeader::default(), data.clone());
-        assert_eq!(msgs.len(), 3);
-        assert!(msgs[0].header.is_some() && msgs[1].header.is_none());
-        let mut c = FrameCollector::new(data.len() as u64);
-        for m in msgs {
-            assert!(c.push(m.data));
-        }
-        assert_eq!(c.finish(), data);
-        let mut c = FrameCollector::new(3);
-        assert!(c.push(Bytes::from_static(b"ab")));
-        assert!(!c.push(Bytes::from_static(b"cd")));
-        let empty = put_shard_messages(1, pb::ShardHeader::default(), Bytes::new());
-        assert_eq!(empty.len(), 1);
     }
 }

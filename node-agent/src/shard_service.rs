@@ -16,6 +16,7 @@ use crate::node::{now_unix_ms, Node};
 use crate::peers::{FrameCollector, FRAME_BYTES};
 use crate::shard_store::StoreError;
 use crate::validate;
+use potluck_format::frames::check_shard_header;
 
 /// Largest shard a peer may send: the largest chunk size a pool can have.
 const MAX_SHARD_BYTES: u64 = 64 << 20;
@@ -74,12 +75,6 @@ fn key_status(e: keys::KeyError) -> Status {
     Status::invalid_argument(e.to_string())
 }
 
-fn hash32(b: &[u8]) -> Result<[u8; 32], Status> {
-    b.try_into().map_err(|_| {
-        Status::invalid_argument(format!("BLAKE3 hash must be 32 bytes, got {}", b.len()))
-    })
-}
-
 #[tonic::async_trait]
 impl ShardService for ShardServer {
     async fn put_shard(
@@ -94,29 +89,23 @@ impl ShardService for ShardServer {
             })?;
             self.saw_epoch(first.epoch);
             self.check_write_epoch(first.epoch)?;
-            let header = first.header.ok_or_else(|| {
-                Status::invalid_argument("first PutShard message must carry the header")
-            })?;
-            let key = ShardKey::from_proto(header.id.as_ref()).map_err(key_status)?;
-            let hash = hash32(&header.blake3)?;
-            if header.length > MAX_SHARD_BYTES {
-                return Err(Status::invalid_argument(format!(
-                    "shard of {} bytes exceeds the {MAX_SHARD_BYTES} byte limit",
-                    header.length
-                )));
-            }
+            let header = check_shard_header(first.header.as_ref(), MAX_SHARD_BYTES)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
             let mut frames = FrameCollector::new(header.length);
-            let too_long =
-                || Status::invalid_argument("shard data exceeds the length in its header");
+            let too_long = || {
+                Status::invalid_argument(format!(
+                    "shard data exceeds the length in its header, or a frame exceeds {FRAME_BYTES} bytes"
+                ))
+            };
             if !frames.push(first.data) {
                 return Err(too_long());
             }
             while let Some(m) = stream.message().await? {
-                if m.data.len() > FRAME_BYTES || !frames.push(m.data) {
+                if !frames.push(m.data) {
                     return Err(too_long());
                 }
             }
-            if frames.len() != header.length {
+            if !frames.is_complete() {
                 return Err(Status::invalid_argument(format!(
                     "shard stream ended after {} of {} bytes",
                     frames.len(),
@@ -125,6 +114,7 @@ impl ShardService for ShardServer {
             }
             let data = frames.finish();
             let len = data.len() as u64;
+            let (key, hash) = (header.key, header.hash);
             self.node
                 .with_store(move |s| s.put_shard(&key, &data, &hash))
                 .await

@@ -21,20 +21,6 @@ use crate::validate;
 const DEFAULT_PAGE: u32 = 1000;
 const MAX_PAGE: u32 = 10_000;
 
-fn decode_token(token: &str) -> Result<String, Status> {
-    if token.is_empty() {
-        return Ok(String::new());
-    }
-    hex::decode(token)
-        .ok()
-        .and_then(|b| String::from_utf8(b).ok())
-        .ok_or_else(|| {
-            Status::invalid_argument(
-                "page token is malformed; pass next_page_token exactly as returned",
-            )
-        })
-}
-
 pub async fn list_objects(
     node: &Arc<Node>,
     req: pb::ListObjectsRequest,
@@ -47,7 +33,7 @@ pub async fn list_objects(
         0 => DEFAULT_PAGE,
         n => n.min(MAX_PAGE),
     };
-    let start_after = decode_token(&req.page_token)?;
+    let start_after = validate::page_token(&req.page_token)?;
     let ask = pb::ListManifestsRequest {
         epoch: view.epoch(),
         pool: pool.name.clone(),
@@ -123,19 +109,4 @@ pub async fn list_objects(
         objects,
         next_page_token,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tokens_round_trip_and_garbage_is_refused() {
-        assert_eq!(decode_token(&hex::encode("a/b")).unwrap(), "a/b");
-        assert_eq!(decode_token("").unwrap(), "");
-        assert_eq!(
-            decode_token("zz").unwrap_err().code(),
-            tonic::Code::InvalidArgument
-        );
-    }
 }
