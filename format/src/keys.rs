@@ -128,6 +128,36 @@ pub fn manifest_key(pool: &str, bucket: &str, key: &str) -> Vec<u8> {
     k
 }
 
+/// Key of `bucket/key` in the manifest index: the pool, then the key's hash (which decides its
+/// manifest PG for any PG count, `layout::manifest_pg`), then the manifest key's own tail. A
+/// PG's manifests are one contiguous range of it.
+pub fn manifest_index_key(pool: &str, key_hash: u32, bucket: &str, key: &str) -> Vec<u8> {
+    let mut k = pool_prefix(pool);
+    k.extend_from_slice(&key_hash.to_be_bytes());
+    k.push(bucket.len() as u8);
+    k.extend_from_slice(bucket.as_bytes());
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+/// Where the manifest index's range of `key_hash` values from `hash` on starts in `pool`.
+pub fn manifest_index_from(pool: &str, hash: u64) -> Vec<u8> {
+    let mut k = pool_prefix(pool);
+    match u32::try_from(hash) {
+        Ok(h) => k.extend_from_slice(&h.to_be_bytes()),
+        // Past the last hash: the first key after the pool's whole range.
+        Err(_) => return prefix_end(&k).unwrap_or_default(),
+    }
+    k
+}
+
+/// The manifest key an index key points at.
+pub fn manifest_key_of_index(pool: &str, index_key: &[u8]) -> Option<Vec<u8>> {
+    let mut k = pool_prefix(pool);
+    k.extend_from_slice(index_key.get(k.len() + 4..)?);
+    Some(k)
+}
+
 /// Smallest key greater than every key starting with `prefix`, for range ends.
 pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     let mut end = prefix.to_vec();

@@ -142,7 +142,20 @@ pub fn key_hash(bucket: &str, key: &str) -> u32 {
 
 /// PG holding the manifest of `bucket/key`.
 pub fn manifest_pg(bucket: &str, key: &str, pg_count: u32) -> u32 {
-    key_hash(bucket, key) % pg_count.max(1)
+    pg_of_hash(key_hash(bucket, key), pg_count)
+}
+
+/// Splits the hash space into `pg_count` contiguous ranges (rather than taking a remainder),
+/// so that each PG's manifests are one range of an index ordered by key hash.
+pub fn pg_of_hash(hash: u32, pg_count: u32) -> u32 {
+    ((u64::from(hash) * u64::from(pg_count.max(1))) >> 32) as u32
+}
+
+/// The key hashes `[start, end)` of PG `pg`: exactly those `h` with `pg_of_hash(h) == pg`.
+pub fn pg_hash_range(pg: u32, pg_count: u32) -> (u64, u64) {
+    let n = u64::from(pg_count.max(1));
+    let bound = |p: u64| (p << 32).div_ceil(n);
+    (bound(u64::from(pg)), bound(u64::from(pg) + 1))
 }
 
 /// A new object id for a version of `bucket/key` created at `now_ms`.
@@ -172,12 +185,28 @@ pub fn object_created_ms(object_id: &[u8; 16]) -> u64 {
 pub fn object_manifest_pg(object_id: &[u8; 16], pg_count: u32) -> u32 {
     let mut b = [0u8; 4];
     b.copy_from_slice(&object_id[6..10]);
-    u32::from_be_bytes(b) % pg_count.max(1)
+    pg_of_hash(u32::from_be_bytes(b), pg_count)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pg_hash_ranges_tile_the_hash_space() {
+        for n in [1u32, 3, 7, 64, 4096, 65_536] {
+            let mut next = 0u64;
+            for pg in 0..n {
+                let (lo, hi) = pg_hash_range(pg, n);
+                assert_eq!(lo, next, "PG {pg} of {n} starts where the previous ended");
+                assert!(hi > lo);
+                assert_eq!(pg_of_hash(lo as u32, n), pg);
+                assert_eq!(pg_of_hash((hi - 1) as u32, n), pg);
+                next = hi;
+            }
+            assert_eq!(next, 1 << 32);
+        }
+    }
 
     #[test]
     fn object_ids_carry_their_age_and_manifest_pg() {

@@ -25,12 +25,16 @@ const CF_SHARDS: &str = "shards";
 const CF_SHARD_META: &str = "shard_meta";
 const CF_MANIFESTS: &str = "manifests";
 const CF_GC: &str = "gc";
+/// (pool, key hash, bucket, key) → nothing: a PG's manifests as one range, for recovery's
+/// per-PG listings (the `manifests` family is ordered by bucket and key, for ListObjects).
+const CF_MANIFEST_INDEX: &str = "manifest_index";
 const CF_META: &str = "meta";
 
 const META_MAP: &[u8] = b"cluster_map";
 const META_MEMBER: &[u8] = b"member_id";
 const META_SCRUB: &[u8] = b"scrub_last_unix_ms";
 const META_FORMAT: &[u8] = b"format";
+const META_INDEXED: &[u8] = b"manifest_index_built";
 /// Format 2: object ids carry their creation time and their key's hash
 /// (`layout::new_object_id`), which abandoned-stripe collection relies on. Data written
 /// with the random ids of format 1 would look abandoned to it.
@@ -165,6 +169,7 @@ impl ShardStore {
             ColumnFamilyDescriptor::new(CF_MANIFESTS, Options::default()),
             ColumnFamilyDescriptor::new(CF_GC, Options::default()),
             ColumnFamilyDescriptor::new(CF_META, Options::default()),
+            ColumnFamilyDescriptor::new(CF_MANIFEST_INDEX, Options::default()),
         ];
         let db = DB::open_cf_descriptors(&db_opts, path, cfs)?;
         let mut sync = WriteOptions::default();
@@ -182,7 +187,33 @@ impl ShardStore {
         store.claim(member_id)?;
         store.recount()?;
         store.check_format()?;
+        store.build_manifest_index()?;
         Ok(store)
+    }
+
+    /// Indexes every manifest once, for stores written before the index existed.
+    fn build_manifest_index(&self) -> Result<(), StoreError> {
+        let meta = self.cf(CF_META)?;
+        if self.db.get_cf(meta, META_INDEXED)?.is_some() {
+            return Ok(());
+        }
+        let index = self.cf(CF_MANIFEST_INDEX)?;
+        let mut batch = WriteBatch::default();
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_MANIFESTS)?, IteratorMode::Start)
+        {
+            let (_, v) = item?;
+            let m = decode_manifest(&v)?;
+            let hash = crate::layout::key_hash(&m.bucket, &m.key);
+            batch.put_cf(
+                index,
+                keys::manifest_index_key(&m.pool, hash, &m.bucket, &m.key),
+                [],
+            );
+        }
+        batch.put_cf(meta, META_INDEXED, b"1");
+        Ok(self.db.write_opt(batch, &self.sync)?)
     }
 
     /// Marks a new store with the current format, and refuses one written in an older format.
@@ -487,6 +518,14 @@ impl ShardStore {
         }
         let mut batch = WriteBatch::default();
         batch.put_cf(cf, &k, m.encode_to_vec());
+        if old.is_none() {
+            let hash = crate::layout::key_hash(&m.bucket, &m.key);
+            batch.put_cf(
+                self.cf(CF_MANIFEST_INDEX)?,
+                keys::manifest_index_key(&m.pool, hash, &m.bucket, &m.key),
+                [],
+            );
+        }
         if let Some(o) = old.as_ref().filter(|o| !o.tombstone && o.size > 0) {
             let due = now_unix_ms + gc_delay_ms;
             batch.put_cf(self.cf(CF_GC)?, gc_key(due, o), o.encode_to_vec());
@@ -553,8 +592,8 @@ impl ShardStore {
     }
 
     /// Whole manifests (shard hashes included) of every bucket of `pool` whose key hashes to
-    /// `pg`, after `(bucket, key)`: what a PG's leader compares across its members. A scan of
-    /// the pool's manifests, filtered; recovery is rare enough for that.
+    /// `pg`, in key-hash order, after `(bucket, key)`: what a PG's leader compares across its
+    /// members. One range of the manifest index, so it costs the PG's manifests, not the pool's.
     pub fn list_pg_manifests(
         &self,
         pool: &str,
@@ -563,33 +602,41 @@ impl ShardStore {
         after: Option<(&str, &str)>,
         limit: usize,
     ) -> Result<(Vec<pb::Manifest>, bool), StoreError> {
-        let pool_prefix = keys::pool_prefix(pool);
+        let (lo, hi) = crate::layout::pg_hash_range(pg, pg_count);
         let start = match after {
             Some((b, k)) => {
-                let mut s = keys::manifest_key(pool, b, k);
+                let mut s = keys::manifest_index_key(pool, crate::layout::key_hash(b, k), b, k);
                 s.push(0);
                 s
             }
-            None => pool_prefix.clone(),
+            None => keys::manifest_index_from(pool, lo),
         };
+        let end = keys::manifest_index_from(pool, hi);
+        let manifests = self.cf(CF_MANIFESTS)?;
         let mut out = Vec::new();
         let iter = self.db.iterator_cf(
-            self.cf(CF_MANIFESTS)?,
+            self.cf(CF_MANIFEST_INDEX)?,
             IteratorMode::From(&start, Direction::Forward),
         );
         for item in iter {
-            let (k, v) = item?;
-            if !k.starts_with(&pool_prefix) {
+            let (k, _) = item?;
+            if k.as_ref() >= end.as_slice() {
                 break;
             }
-            let m = decode_manifest(&v)?;
-            if crate::layout::manifest_pg(&m.bucket, &m.key, pg_count) != pg {
+            let Some(manifest_key) = keys::manifest_key_of_index(pool, &k) else {
+                return Err(StoreError::Malformed(format!(
+                    "manifest index key of {} bytes",
+                    k.len()
+                )));
+            };
+            // Purged along with its manifest; a missing one is a race with a purge.
+            let Some(v) = self.db.get_cf(manifests, &manifest_key)? else {
                 continue;
-            }
+            };
             if out.len() == limit {
                 return Ok((out, true));
             }
-            out.push(m);
+            out.push(decode_manifest(&v)?);
         }
         Ok((out, false))
     }
@@ -674,10 +721,10 @@ impl ShardStore {
                     .get(1..1 + len)
                     .and_then(|b| std::str::from_utf8(b).ok())
                     .ok_or_else(malformed)?;
-                from = prefix_successor(&keys::pool_prefix(name));
                 pools.insert(name.to_string());
-                if from.is_empty() {
-                    break;
+                match keys::prefix_end(&keys::pool_prefix(name)) {
+                    Some(next) => from = next,
+                    None => break,
                 }
             }
         }
@@ -713,7 +760,13 @@ impl ShardStore {
             batch.delete_cf(cf, &k);
             manifests += 1;
         }
-        if manifests > 0 {
+        if manifests < limit as u64 {
+            // Every manifest of the pool is in this batch: drop its index range too.
+            if let Some(end) = keys::prefix_end(&prefix) {
+                batch.delete_range_cf(self.cf(CF_MANIFEST_INDEX)?, &prefix, &end);
+            }
+        }
+        if manifests > 0 || batch.len() > 0 {
             self.db.write_opt(batch, &self.sync)?;
             self.manifests.fetch_sub(manifests, Ordering::Relaxed);
         }
@@ -722,7 +775,14 @@ impl ShardStore {
 
     /// Moves memtables to SST and blob files, so a clean stop leaves the WAL empty.
     pub fn flush(&self) -> Result<(), StoreError> {
-        for cf in [CF_SHARDS, CF_SHARD_META, CF_MANIFESTS, CF_GC, CF_META] {
+        for cf in [
+            CF_SHARDS,
+            CF_SHARD_META,
+            CF_MANIFESTS,
+            CF_GC,
+            CF_META,
+            CF_MANIFEST_INDEX,
+        ] {
             self.db.flush_cf(self.cf(cf)?)?;
         }
         Ok(())
@@ -740,18 +800,6 @@ impl ShardStore {
             .put_cf(self.cf(CF_SHARDS).unwrap(), key.encode(), data)
             .unwrap();
     }
-}
-
-/// The first key after every key starting with `prefix` (empty when there is none).
-fn prefix_successor(prefix: &[u8]) -> Vec<u8> {
-    let mut next = prefix.to_vec();
-    while let Some(last) = next.pop() {
-        if last < u8::MAX {
-            next.push(last + 1);
-            return next;
-        }
-    }
-    next
 }
 
 fn gc_key(due: u64, m: &pb::Manifest) -> Vec<u8> {
@@ -782,6 +830,68 @@ mod tests {
         store
             .put_shard(k, data, blake3::hash(data).as_bytes())
             .unwrap();
+    }
+
+    #[test]
+    fn a_pgs_manifests_are_listed_from_the_index_in_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let manifest = |pool: &str, key: String| pb::Manifest {
+            pool: pool.into(),
+            bucket: "bkt".into(),
+            key,
+            version: 1,
+            object_id: vec![1; 16].into(),
+            ..Default::default()
+        };
+        {
+            let s = ShardStore::open(dir.path(), "a", 1 << 30).unwrap();
+            for i in 0..40 {
+                assert!(s
+                    .put_manifest(&manifest("p", format!("k{i}")), 0, 0)
+                    .unwrap());
+                assert!(s
+                    .put_manifest(&manifest("q", format!("k{i}")), 0, 0)
+                    .unwrap());
+            }
+            // A store from before the index: the next open rebuilds it.
+            let meta = s.cf(CF_META).unwrap();
+            s.db.delete_cf(meta, META_INDEXED).unwrap();
+            let index = s.cf(CF_MANIFEST_INDEX).unwrap();
+            let all: Vec<_> =
+                s.db.iterator_cf(index, IteratorMode::Start)
+                    .map(|i| i.unwrap().0)
+                    .collect();
+            for k in all {
+                s.db.delete_cf(index, k).unwrap();
+            }
+        }
+        let s = ShardStore::open(dir.path(), "a", 1 << 30).unwrap();
+        let pg_count = 4;
+        let mut seen = 0;
+        for pg in 0..pg_count {
+            let mut after: Option<(String, String)> = None;
+            loop {
+                let (page, more) = s
+                    .list_pg_manifests(
+                        "p",
+                        pg,
+                        pg_count,
+                        after.as_ref().map(|(b, k)| (b.as_str(), k.as_str())),
+                        3,
+                    )
+                    .unwrap();
+                for m in &page {
+                    assert_eq!(m.pool, "p");
+                    assert_eq!(crate::layout::manifest_pg(&m.bucket, &m.key, pg_count), pg);
+                    seen += 1;
+                }
+                after = page.last().map(|m| (m.bucket.clone(), m.key.clone()));
+                if !more {
+                    break;
+                }
+            }
+        }
+        assert_eq!(seen, 40, "every manifest of the pool, once, in its own PG");
     }
 
     #[test]
