@@ -766,7 +766,7 @@ impl ShardStore {
                 batch.delete_range_cf(self.cf(CF_MANIFEST_INDEX)?, &prefix, &end);
             }
         }
-        if manifests > 0 || batch.len() > 0 {
+        if !batch.is_empty() {
             self.db.write_opt(batch, &self.sync)?;
             self.manifests.fetch_sub(manifests, Ordering::Relaxed);
         }
