@@ -91,8 +91,8 @@ pub struct FrameCollector {
 }
 
 impl FrameCollector {
-    /// `expected_len` comes from a header: check it first ([`check_shard_header`]), since
-    /// a second frame reserves that much.
+    /// `expected_len` comes from a header: check it first ([`check_shard_header`]). Memory
+    /// grows with the bytes that arrive, never beyond it.
     pub fn new(expected_len: u64) -> Self {
         Self {
             first: None,
@@ -110,7 +110,9 @@ impl FrameCollector {
         match (&mut self.first, &mut self.rest) {
             (None, _) => self.first = Some(frame),
             (Some(first), None) => {
-                let mut b = BytesMut::with_capacity(self.limit as usize);
+                // Sized by what arrived, not by the announced length: a peer announcing
+                // 64 MiB and sending a few bytes must not make us hold 64 MiB.
+                let mut b = BytesMut::with_capacity(first.len() + frame.len());
                 b.extend_from_slice(first);
                 b.extend_from_slice(&frame);
                 self.rest = Some(b);

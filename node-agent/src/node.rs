@@ -250,7 +250,19 @@ impl Node {
                     self.local_err(e)
                 })
         } else {
-            self.get_remote_shard(view, member, key).await
+            // The call's own deadline covers only the answer's headers; this one covers the
+            // shard's frames too, so a peer that stalls mid-stream cannot hang a read.
+            tokio::time::timeout(
+                self.tuning.shard_timeout,
+                self.get_remote_shard(view, member, key),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                Err(PeerError::call(
+                    member,
+                    tonic::Status::deadline_exceeded("shard stream stalled"),
+                ))
+            })
         };
         match &r {
             Ok(Some(d)) => self

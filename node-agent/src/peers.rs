@@ -13,6 +13,18 @@ use tonic::transport::{Channel, Endpoint};
 pub use potluck_format::frames::{put_shard_messages, FrameCollector, FRAME_BYTES};
 /// Message size limit on every client and server (frames plus headers).
 pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
+/// Calls one connection may have running at once; more are refused at once with
+/// RESOURCE_EXHAUSTED, so one client cannot tie up every handler. Peers share one
+/// connection per pair of members: a gateway's shard writes to one peer are bounded by its
+/// put memory (256 stripe buffers of at least 1 MiB by default), well below this.
+pub const MAX_CALLS_PER_CONNECTION: usize = 512;
+/// HTTP/2 streams one connection may open (tonic's server sets no limit of its own); above
+/// the call limit, so a client that stays within it sees RESOURCE_EXHAUSTED, not a refused
+/// stream.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
+/// Request headers of one call (hyper's default, stated): names travel in messages, so
+/// only gRPC metadata (an authorization header) goes here.
+pub const MAX_HEADER_BYTES: u32 = 16 << 10;
 /// HTTP/2 flow-control windows: the 64 KiB defaults throttle a 1 MiB shard to
 /// a trickle of round trips.
 pub const STREAM_WINDOW: u32 = 8 << 20;

@@ -14,7 +14,10 @@ use crate::control::Control;
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
 use crate::node::{Node, Tuning};
-use crate::peers::{CONNECTION_WINDOW, MAX_MESSAGE_BYTES, STREAM_WINDOW};
+use crate::peers::{
+    CONNECTION_WINDOW, MAX_CALLS_PER_CONNECTION, MAX_HEADER_BYTES, MAX_MESSAGE_BYTES,
+    MAX_STREAMS_PER_CONNECTION, STREAM_WINDOW,
+};
 use crate::shard_service::ShardServer;
 use crate::shard_store::{ShardStore, StoreError};
 
@@ -160,6 +163,15 @@ impl Agent {
             .initial_stream_window_size(Some(STREAM_WINDOW))
             .initial_connection_window_size(Some(CONNECTION_WINDOW))
             .max_frame_size(Some(1 << 20))
+            // Bounds per client connection (see the constants): calls over the limit fail
+            // at once rather than queue, headers are capped, and pings drop connections
+            // whose client vanished, with the calls they held.
+            .concurrency_limit_per_connection(MAX_CALLS_PER_CONNECTION)
+            .load_shed(true)
+            .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+            .http2_max_header_list_size(Some(MAX_HEADER_BYTES))
+            .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
             .add_service(health_service)
             .add_service(reflection)
             .add_service(objects)

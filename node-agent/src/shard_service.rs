@@ -75,6 +75,35 @@ fn key_status(e: keys::KeyError) -> Status {
     Status::invalid_argument(e.to_string())
 }
 
+/// The next message of a shard stream, by `deadline`: the shard deadline senders use, so a
+/// peer that stalls part way (or sends no deadline of its own) cannot hold a handler and
+/// the frames it sent.
+async fn next_by<T>(
+    stream: &mut Streaming<T>,
+    deadline: tokio::time::Instant,
+) -> Result<Option<T>, Status> {
+    tokio::time::timeout_at(deadline, stream.message())
+        .await
+        .map_err(|_| {
+            Status::deadline_exceeded("shard stream did not complete within the shard deadline")
+        })?
+}
+
+/// Names a peer sends to look up manifests: they go into RocksDB keys behind one-byte
+/// lengths, so anything longer than a valid name could alias another key.
+fn check_names(pool: &str, bucket: &str) -> Result<(), Status> {
+    if pool.is_empty() || pool.len() > keys::MAX_POOL_NAME {
+        return Err(Status::invalid_argument(format!(
+            "pool name must be 1-{} bytes",
+            keys::MAX_POOL_NAME
+        )));
+    }
+    if !bucket.is_empty() {
+        validate::bucket(bucket)?;
+    }
+    Ok(())
+}
+
 #[tonic::async_trait]
 impl ShardService for ShardServer {
     async fn put_shard(
@@ -84,7 +113,8 @@ impl ShardService for ShardServer {
         let t = Instant::now();
         let r = async {
             let mut stream = req.into_inner();
-            let first = stream.message().await?.ok_or_else(|| {
+            let deadline = tokio::time::Instant::now() + self.node.tuning.shard_timeout;
+            let first = next_by(&mut stream, deadline).await?.ok_or_else(|| {
                 Status::invalid_argument("empty PutShard stream: send the header first")
             })?;
             self.saw_epoch(first.epoch);
@@ -100,7 +130,7 @@ impl ShardService for ShardServer {
             if !frames.push(first.data) {
                 return Err(too_long());
             }
-            while let Some(m) = stream.message().await? {
+            while let Some(m) = next_by(&mut stream, deadline).await? {
                 if !frames.push(m.data) {
                     return Err(too_long());
                 }
@@ -284,6 +314,8 @@ impl ShardService for ShardServer {
         let r = async {
             let req = req.into_inner();
             self.saw_epoch(req.epoch);
+            check_names(&req.pool, &req.bucket)?;
+            validate::key(&req.key)?;
             let manifest = self
                 .node
                 .with_store(move |s| s.get_manifest(&req.pool, &req.bucket, &req.key))
@@ -304,6 +336,10 @@ impl ShardService for ShardServer {
         let r = async {
             let req = req.into_inner();
             self.saw_epoch(req.epoch);
+            check_names(&req.pool, &req.bucket)?;
+            check_names(&req.pool, &req.start_after_bucket)?;
+            validate::prefix(&req.prefix)?;
+            validate::prefix(&req.start_after)?;
             let limit = match req.limit {
                 0 => 1000,
                 n => n.min(MAX_LIST),

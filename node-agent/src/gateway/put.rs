@@ -122,7 +122,7 @@ async fn receive_and_commit(
     mut stream: tonic::Streaming<pb::PutObjectRequest>,
     progress: &mut Progress,
 ) -> Result<pb::PutObjectResponse, Status> {
-    let mut header = match stream.message().await.map_err(client_gone)? {
+    let mut header = match next_message(&mut stream).await? {
         Some(pb::PutObjectRequest {
             body: Some(Body::Header(h)),
         }) => h,
@@ -171,7 +171,7 @@ async fn receive_and_commit(
 
     let mut transfer = node.metrics.client_transfer("put");
     let mut finish: Option<pb::PutObjectFinish> = None;
-    while let Some(msg) = stream.message().await.map_err(client_gone)? {
+    while let Some(msg) = next_message(&mut stream).await? {
         if finish.is_some() {
             return Err(Status::invalid_argument(
                 "a message arrived after the finish message: finish must be last",
@@ -331,9 +331,35 @@ async fn receive_and_commit(
     })
 }
 
+/// Longest silence between two messages of an upload. A client that stops sending part
+/// way would otherwise hold its stripe buffer (a share of the agent's put memory) for as long
+/// as its connection lives.
+const PUT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+
+async fn next_message(
+    stream: &mut tonic::Streaming<pb::PutObjectRequest>,
+) -> Result<Option<pb::PutObjectRequest>, Status> {
+    match tokio::time::timeout(PUT_IDLE_TIMEOUT, stream.message()).await {
+        Ok(r) => r.map_err(client_gone),
+        Err(_) => Err(Status::deadline_exceeded(format!(
+            "the upload sent nothing for {}s; nothing was stored: send chunks without long pauses",
+            PUT_IDLE_TIMEOUT.as_secs()
+        ))),
+    }
+}
+
 /// A broken request stream is the client going away (a reset shows up as an
 /// internal error); count it as cancelled, not as a server fault.
 fn client_gone(s: Status) -> Status {
+    // tonic's decoder refuses a message over the size limit with OUT_OF_RANGE: that is the
+    // client's doing, not it going away, so say what to change.
+    if s.code() == tonic::Code::OutOfRange {
+        return Status::resource_exhausted(format!(
+            "{}; nothing was stored: send data chunks of at most {} bytes",
+            s.message(),
+            validate::MAX_PUT_CHUNK
+        ));
+    }
     Status::cancelled(format!(
         "upload stream broke ({}); nothing was stored",
         s.message()
