@@ -59,11 +59,121 @@ pub struct Progress {
     pub total: Option<u64>,
 }
 
+/// The gRPC metadata key credentials travel in (see the proto's ObjectService comment).
+pub const AUTHORIZATION: &str = "authorization";
+/// Keys of a Bucket's credentials Secret, as files of a mounted Secret or lines of a file.
+pub const ACCESS_KEY_ID_KEY: &str = "accessKeyId";
+pub const SECRET_ACCESS_KEY_KEY: &str = "secretAccessKey";
+
+/// Why credentials could not be used; nothing was sent.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialsError {
+    #[error("the access key id {0:?} cannot be sent: it must be non-empty, without ':' or spaces")]
+    BadId(String),
+    #[error("the secret key cannot be sent: it must be non-empty printable ASCII without spaces")]
+    BadSecret,
+    #[error("cannot read credentials from {path}: {error}")]
+    Read {
+        path: std::path::PathBuf,
+        error: std::io::Error,
+    },
+    #[error(
+        "{path} holds no {key}: give a directory holding a mounted credentials Secret (files \
+         accessKeyId and secretAccessKey) or a file of accessKeyId=... and secretAccessKey=... lines"
+    )]
+    Missing {
+        path: std::path::PathBuf,
+        key: &'static str,
+    },
+}
+
+/// A Bucket's access key: sent with every call as `authorization: Bearer <id>:<secret>`.
+#[derive(Clone)]
+pub struct Credentials {
+    access_key_id: String,
+    header: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+}
+
+impl std::fmt::Debug for Credentials {
+    // The secret stays out of logs and panics.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("access_key_id", &self.access_key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Credentials {
+    pub fn new(access_key_id: &str, secret: &str) -> Result<Self, CredentialsError> {
+        let sendable = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_graphic());
+        if !sendable(access_key_id) || access_key_id.contains(':') {
+            return Err(CredentialsError::BadId(access_key_id.to_owned()));
+        }
+        if !sendable(secret) {
+            return Err(CredentialsError::BadSecret);
+        }
+        let mut header: tonic::metadata::MetadataValue<tonic::metadata::Ascii> =
+            format!("Bearer {access_key_id}:{secret}")
+                .parse()
+                .map_err(|_| CredentialsError::BadSecret)?;
+        header.set_sensitive(true);
+        Ok(Self {
+            access_key_id: access_key_id.to_owned(),
+            header,
+        })
+    }
+
+    pub fn access_key_id(&self) -> &str {
+        &self.access_key_id
+    }
+
+    /// Reads a Bucket's credentials Secret as it reaches a client: mounted as a volume (a
+    /// directory with one file per key) or written as `key=value` lines (for instance by
+    /// `kubectl get secret NAME -o go-template='{{range $k, $v := .data}}{{$k}}={{$v |
+    /// base64decode}}{{"\n"}}{{end}}'`). Other keys (bucket, pool) are ignored.
+    pub fn from_path(path: &std::path::Path) -> Result<Self, CredentialsError> {
+        let read = |p: &std::path::Path| {
+            std::fs::read_to_string(p).map_err(|error| CredentialsError::Read {
+                path: p.to_owned(),
+                error,
+            })
+        };
+        let missing = |key| CredentialsError::Missing {
+            path: path.to_owned(),
+            key,
+        };
+        let (id, secret) = if path.is_dir() {
+            let field = |key: &'static str| -> Result<String, CredentialsError> {
+                let file = path.join(key);
+                if !file.exists() {
+                    return Err(missing(key));
+                }
+                Ok(read(&file)?.trim().to_owned())
+            };
+            (field(ACCESS_KEY_ID_KEY)?, field(SECRET_ACCESS_KEY_KEY)?)
+        } else {
+            let text = read(path)?;
+            let field = |key: &'static str| -> Result<String, CredentialsError> {
+                text.lines()
+                    .filter_map(|line| line.trim().split_once('='))
+                    .find(|(k, _)| k.trim() == key)
+                    .map(|(_, v)| v.trim().to_owned())
+                    .ok_or_else(|| missing(key))
+            };
+            (field(ACCESS_KEY_ID_KEY)?, field(SECRET_ACCESS_KEY_KEY)?)
+        };
+        Self::new(&id, &secret)
+    }
+}
+
 /// How to connect and which pool to address.
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
-    /// Pool of every call; empty means the server's "default" pool.
+    /// Pool of every call; empty means the server's "default" pool (or, for a bucket bound to
+    /// a pool, that pool).
     pub pool: String,
+    /// Sent with every call; `None` calls anonymously (a fleet that does not require keys).
+    pub credentials: Option<Credentials>,
     /// Per endpoint, covering TCP connect and the HTTP/2 handshake.
     pub connect_timeout: Duration,
     /// Deadline of unary calls (stat, delete, list). Transfers have none:
@@ -75,6 +185,7 @@ impl Default for ClientOptions {
     fn default() -> Self {
         Self {
             pool: String::new(),
+            credentials: None,
             connect_timeout: Duration::from_secs(5),
             request_timeout: Some(Duration::from_secs(60)),
         }
@@ -105,6 +216,8 @@ pub enum ClientError {
     ResourceExhausted(String),
     #[error("permission denied: {0}")]
     PermissionDenied(String),
+    #[error("not authenticated: {0}")]
+    Unauthenticated(String),
     #[error("data loss: {0}")]
     DataLoss(String),
     #[error("server error ({code:?}): {message}")]
@@ -137,6 +250,7 @@ impl ClientError {
             Self::AlreadyExists(_) => Code::AlreadyExists,
             Self::ResourceExhausted(_) => Code::ResourceExhausted,
             Self::PermissionDenied(_) => Code::PermissionDenied,
+            Self::Unauthenticated(_) => Code::Unauthenticated,
             Self::DataLoss(_) => Code::DataLoss,
             Self::Server { code, .. } => *code,
             _ => return None,
@@ -165,7 +279,8 @@ impl From<Status> for ClientError {
             Code::FailedPrecondition => Self::FailedPrecondition(message),
             Code::AlreadyExists => Self::AlreadyExists(message),
             Code::ResourceExhausted => Self::ResourceExhausted(message),
-            Code::PermissionDenied | Code::Unauthenticated => Self::PermissionDenied(message),
+            Code::PermissionDenied => Self::PermissionDenied(message),
+            Code::Unauthenticated => Self::Unauthenticated(message),
             Code::DataLoss => Self::DataLoss(message),
             code => Self::Server { code, message },
         }
@@ -344,6 +459,7 @@ impl Codec for AbortableCodec {
 /// [`AbortableCodec`].
 async fn put_call(
     channel: Channel,
+    credentials: Option<Credentials>,
     stream: impl Stream<Item = PutObjectRequest> + Send + 'static,
 ) -> Result<tonic::Response<PutObjectResponse>, Status> {
     let mut grpc = tonic::client::Grpc::new(channel)
@@ -354,6 +470,9 @@ async fn put_call(
         .map_err(|e| Status::unavailable(format!("the connection is not ready: {e}")))?;
     let path = PathAndQuery::from_static("/potluck.v1.ObjectService/PutObject");
     let mut request = tonic::Request::new(stream);
+    if let Some(c) = credentials {
+        request.metadata_mut().insert(AUTHORIZATION, c.header);
+    }
     request
         .extensions_mut()
         .insert(GrpcMethod::new("potluck.v1.ObjectService", "PutObject"));
@@ -489,6 +608,17 @@ impl Client {
         &gateways[i]
     }
 
+    /// A request carrying this client's credentials, if it has any.
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        if let Some(c) = &self.inner.options.credentials {
+            request
+                .metadata_mut()
+                .insert(AUTHORIZATION, c.header.clone());
+        }
+        request
+    }
+
     fn pick(&self) -> ObjectServiceClient<Channel> {
         self.pick_gateway().client.clone()
     }
@@ -592,7 +722,11 @@ impl Client {
         let channel = self.pick_gateway().channel.clone();
         // A task of its own: if this future is dropped, the call still sees
         // the sender go away and aborts the upload instead of just vanishing.
-        let mut call = tokio::spawn(put_call(channel, upload_stream(rx, started_tx)));
+        let mut call = tokio::spawn(put_call(
+            channel,
+            self.inner.options.credentials.clone(),
+            upload_stream(rx, started_tx),
+        ));
         let touched = Cell::new(false);
         // An error before the stream was taken left the input untouched.
         let outcome =
@@ -727,7 +861,7 @@ impl Client {
         // Only opening the stream is retried: nothing has been written yet.
         let mut stream = self
             .idempotent(|mut client| {
-                let request = request.clone();
+                let request = self.request(request.clone());
                 async move { client.get_object(request).await }
             })
             .await?;
@@ -803,7 +937,7 @@ impl Client {
             pool: self.inner.options.pool.clone(),
         };
         self.idempotent(|mut client| {
-            let request = request.clone();
+            let request = self.request(request.clone());
             async move { client.stat_object(request).await }
         })
         .await
@@ -818,7 +952,7 @@ impl Client {
         };
         let response = self
             .idempotent(|mut client| {
-                let request = request.clone();
+                let request = self.request(request.clone());
                 async move { client.delete_object(request).await }
             })
             .await?;
@@ -842,7 +976,7 @@ impl Client {
             page_size,
         };
         self.idempotent(|mut client| {
-            let request = request.clone();
+            let request = self.request(request.clone());
             async move { client.list_objects(request).await }
         })
         .await
@@ -892,6 +1026,71 @@ async fn connect_one(uri: &str, timeout: Duration) -> Result<Channel, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const SECRET: &str = "Zm9vYmFyYmF6cXV4MDEyMzQ1Njc4OWFiY2RlZmdoaWo";
+
+    #[test]
+    fn credentials_become_a_bearer_header_and_stay_out_of_debug_output() {
+        let c = Credentials::new("pk-0123", SECRET).unwrap();
+        assert_eq!(
+            c.header.to_str().unwrap(),
+            format!("Bearer pk-0123:{SECRET}")
+        );
+        assert!(c.header.is_sensitive());
+        let shown = format!(
+            "{c:?} {:?}",
+            ClientOptions {
+                credentials: Some(c.clone()),
+                ..ClientOptions::default()
+            }
+        );
+        assert!(
+            shown.contains("pk-0123") && !shown.contains(SECRET),
+            "{shown}"
+        );
+        assert!(matches!(
+            Credentials::new("pk:1", SECRET),
+            Err(CredentialsError::BadId(_))
+        ));
+        assert!(matches!(
+            Credentials::new("pk-1", "has space"),
+            Err(CredentialsError::BadSecret)
+        ));
+        assert!(Credentials::new("", SECRET).is_err());
+    }
+
+    #[test]
+    fn credentials_read_from_a_mounted_secret_or_a_key_value_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mounted = dir.path().join("mounted");
+        std::fs::create_dir(&mounted).unwrap();
+        std::fs::write(mounted.join("accessKeyId"), "pk-dir").unwrap();
+        std::fs::write(mounted.join("secretAccessKey"), format!("{SECRET}\n")).unwrap();
+        std::fs::write(mounted.join("bucket"), "photos").unwrap();
+        let c = Credentials::from_path(&mounted).unwrap();
+        assert_eq!(c.access_key_id(), "pk-dir");
+        assert_eq!(
+            c.header.to_str().unwrap(),
+            format!("Bearer pk-dir:{SECRET}")
+        );
+
+        let file = dir.path().join("creds.env");
+        std::fs::write(
+            &file,
+            format!("bucket=photos\naccessKeyId=pk-file\nsecretAccessKey={SECRET}\npool=default\n"),
+        )
+        .unwrap();
+        assert_eq!(
+            Credentials::from_path(&file).unwrap().access_key_id(),
+            "pk-file"
+        );
+
+        std::fs::write(&file, "accessKeyId=pk-file\n").unwrap();
+        let err = Credentials::from_path(&file).unwrap_err();
+        assert!(err.to_string().contains("secretAccessKey"), "{err}");
+        let err = Credentials::from_path(&dir.path().join("nope")).unwrap_err();
+        assert!(matches!(err, CredentialsError::Read { .. }), "{err}");
+    }
 
     #[test]
     fn endpoints_get_a_scheme() {

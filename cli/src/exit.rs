@@ -16,6 +16,8 @@ pub const NOT_FOUND: u8 = 3;
 pub const UNAVAILABLE: u8 = 4;
 /// The server refused the request as given (invalid argument, failed precondition).
 pub const INVALID: u8 = 5;
+/// Missing or wrong credentials, or credentials that do not open this bucket.
+pub const DENIED: u8 = 6;
 
 /// The exit code for a failed object operation.
 pub fn client_exit_code(err: &ClientError) -> u8 {
@@ -28,6 +30,7 @@ pub fn client_exit_code(err: &ClientError) -> u8 {
         | ClientError::FailedPrecondition(_)
         | ClientError::AlreadyExists(_)
         | ClientError::InvalidEndpoint { .. } => INVALID,
+        ClientError::Unauthenticated(_) | ClientError::PermissionDenied(_) => DENIED,
         _ => OTHER,
     }
 }
@@ -49,7 +52,12 @@ pub fn client_hint(err: &ClientError) -> Option<&'static str> {
         }
         ClientError::AlreadyExists(_) => "pick another key, or delete the existing object first with `potluck rm`",
         ClientError::ResourceExhausted(_) => "the pool may be out of space, or a limit was hit; free space or add members",
-        ClientError::PermissionDenied(_) => "check the credentials this client uses",
+        ClientError::Unauthenticated(_) => {
+            "pass the bucket's credentials: --access-key and --secret-key (or POTLUCK_ACCESS_KEY and POTLUCK_SECRET_KEY), or --credentials with its mounted Secret; `kubectl get bucket` names the Secret"
+        }
+        ClientError::PermissionDenied(_) => {
+            "these credentials open another bucket or pool; use the Secret of the Bucket you address, and leave --pool unset"
+        }
         ClientError::DataLoss(_) => {
             "more than m shards of this object are lost or damaged; restore it from another copy"
         }
@@ -97,6 +105,8 @@ mod tests {
         assert_eq!(code(Status::internal("x")), OTHER);
         assert_eq!(code(Status::data_loss("x")), OTHER);
         assert_eq!(code(Status::resource_exhausted("x")), OTHER);
+        assert_eq!(code(Status::unauthenticated("x")), DENIED);
+        assert_eq!(code(Status::permission_denied("x")), DENIED);
     }
 
     #[test]
@@ -121,8 +131,8 @@ mod tests {
     #[test]
     fn codes_are_distinct_and_stable() {
         assert_eq!(
-            [OK, OTHER, USAGE, NOT_FOUND, UNAVAILABLE, INVALID],
-            [0, 1, 2, 3, 4, 5]
+            [OK, OTHER, USAGE, NOT_FOUND, UNAVAILABLE, INVALID, DENIED],
+            [0, 1, 2, 3, 4, 5, 6]
         );
     }
 }

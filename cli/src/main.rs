@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use potluck_cli::address::{parse_range, BucketPrefix, ObjectAddr};
-use potluck_cli::client::{ByteRange, Client, ClientError, ClientOptions, Progress};
+use potluck_cli::client::{ByteRange, Client, ClientError, ClientOptions, Credentials, Progress};
 use potluck_cli::crypt::{ContentKey, CryptError, Layout, DEFAULT_CHUNK_SIZE};
 use potluck_cli::dev_cluster::{DevCluster, DevClusterConfig};
 use potluck_cli::exit;
@@ -25,7 +25,7 @@ use tokio::io::{AsyncRead, AsyncWriteExt};
     name = "potluck",
     version,
     about = "Store and fetch objects in a Potluck fleet, or run one locally",
-    after_help = "Exit codes: 0 ok, 1 other error, 2 usage, 3 not found, 4 unavailable, 5 invalid argument or failed precondition.\n\nStart a local fleet with `potluck dev up`, then e.g. `echo hi | potluck put demo/hi.txt`."
+    after_help = "Exit codes: 0 ok, 1 other error, 2 usage, 3 not found, 4 unavailable, 5 invalid argument or failed precondition, 6 not authenticated or permission denied.\n\nStart a local fleet with `potluck dev up`, then e.g. `echo hi | potluck put demo/hi.txt`."
 )]
 struct Cli {
     /// Agents to talk to, comma-separated; any agent is a gateway, and calls
@@ -40,9 +40,42 @@ struct Cli {
     )]
     endpoint: Vec<String>,
 
-    /// Pool to address [default: the fleet's "default" pool]
+    /// Pool to address [default: the bucket's own pool, else the fleet's "default" pool]
     #[arg(long, global = true, env = "POTLUCK_POOL", value_name = "NAME")]
     pool: Option<String>,
+
+    /// Access key id of the bucket's credentials Secret (`accessKeyId`)
+    #[arg(
+        long,
+        global = true,
+        env = "POTLUCK_ACCESS_KEY",
+        value_name = "ID",
+        requires = "secret_key"
+    )]
+    access_key: Option<String>,
+
+    /// Secret of the bucket's credentials Secret (`secretAccessKey`); prefer the
+    /// environment variable, since arguments are visible to other local users
+    #[arg(
+        long,
+        global = true,
+        env = "POTLUCK_SECRET_KEY",
+        value_name = "SECRET",
+        hide_env_values = true,
+        requires = "access_key"
+    )]
+    secret_key: Option<String>,
+
+    /// The bucket's credentials Secret as a mounted directory (files accessKeyId and
+    /// secretAccessKey) or a file of accessKeyId=... and secretAccessKey=... lines;
+    /// --access-key and --secret-key win when both are given
+    #[arg(
+        long,
+        global = true,
+        env = "POTLUCK_CREDENTIALS",
+        value_name = "DIR|FILE"
+    )]
+    credentials: Option<PathBuf>,
 
     #[command(subcommand)]
     command: Command,
@@ -368,8 +401,14 @@ async fn run(cli: Cli) -> Result<()> {
     {
         return key_new(stdio_path(file));
     }
+    let credentials = match (&cli.access_key, &cli.secret_key, &cli.credentials) {
+        (Some(id), Some(secret), _) => Some(Credentials::new(id, secret)?),
+        (_, _, Some(path)) => Some(Credentials::from_path(path)?),
+        _ => None,
+    };
     let options = ClientOptions {
         pool: cli.pool.clone().unwrap_or_default(),
+        credentials,
         ..ClientOptions::default()
     };
     let client = Client::connect_with(&cli.endpoint, options).await?;

@@ -383,6 +383,18 @@ fn service_accounts_hold_least_privilege_that_suffices() {
             &["update", "storagepools.potluck.dev", "-A"],
             &["list", "storagenodes.potluck.dev", "-A"],
             &["watch", "storagenodes.potluck.dev", "-A"],
+            &["list", "buckets.potluck.dev", "-A"],
+            &["watch", "buckets.potluck.dev", "-A"],
+            &["get", "buckets.potluck.dev", "-n", "team-a"],
+            &[
+                "patch",
+                "buckets.potluck.dev",
+                "--subresource=status",
+                "-n",
+                "team-a",
+            ],
+            &["get", "secrets", "-n", "team-a"],
+            &["create", "secrets", "-n", "team-a"],
             &[
                 "patch",
                 "storagepools.potluck.dev",
@@ -421,8 +433,14 @@ fn service_accounts_hold_least_privilege_that_suffices() {
             &["update", "leases.coordination.k8s.io", "-n", NS],
         ],
         &[
-            &["get", "secrets", "-n", NS],
-            &["get", "secrets", "-A"],
+            &["list", "secrets", "-A"],
+            &["watch", "secrets", "-A"],
+            &["update", "secrets", "-n", "team-a"],
+            &["patch", "secrets", "-n", "team-a"],
+            &["delete", "secrets", "-n", "team-a"],
+            &["create", "buckets.potluck.dev", "-n", "team-a"],
+            &["patch", "buckets.potluck.dev", "-n", "team-a"],
+            &["delete", "buckets.potluck.dev", "-n", "team-a"],
             &["delete", "nodes", "-A"],
             &["get", "nodes", "-A"],
             &["create", "storagepools.potluck.dev", "-A"],
@@ -530,6 +548,7 @@ fn service_accounts_hold_least_privilege_that_suffices() {
         None
     ));
     assert!(!act_as(&cp, OPERATOR, &["delete", "node", "node-a"], None));
+    // A list: the operator reads Secrets only by name.
     assert!(!act_as(&cp, OPERATOR, &["get", "secrets", "-n", NS], None));
     assert_eq!(
         jsonpath(
@@ -731,7 +750,7 @@ fn workloads_carry_the_names_flags_env_and_ports_the_binaries_expect() {
     );
     assert_eq!(
         c(&operator, "operator", ".args"),
-        r#"["--metrics-listen=0.0.0.0:9200"]"#
+        r#"["--metrics-listen=0.0.0.0:9200","--require-auth=true"]"#
     );
     assert_eq!(
         c(
