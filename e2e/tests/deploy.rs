@@ -38,6 +38,7 @@ const OBJECTS: &[&str] = &[
     "service/potluck-gateway",
     "customresourcedefinition.apiextensions.k8s.io/storagepools.potluck.dev",
     "customresourcedefinition.apiextensions.k8s.io/storagenodes.potluck.dev",
+    "customresourcedefinition.apiextensions.k8s.io/buckets.potluck.dev",
 ];
 
 fn path(rel: &str) -> String {
@@ -94,6 +95,7 @@ fn wait_established(cp: &ControlPlane) {
             "--for=condition=Established",
             "crd/storagepools.potluck.dev",
             "crd/storagenodes.potluck.dev",
+            "crd/buckets.potluck.dev",
             "--timeout=60s",
         ],
         None,
