@@ -496,7 +496,7 @@ fn spawn_stripe(
                     .map_err(|e| (e.member_code(), e.to_string()))
             }
         });
-        let results = futures::future::join_all(sends).await;
+        let results = gather(sends, ctx.pool.write_quorum as usize).await;
         ctx.node.buffers.give_back(frozen);
         let mut missing = 0u32;
         let mut errors = Vec::new();
@@ -545,6 +545,57 @@ fn spawn_stripe(
     })
 }
 
+/// How long a stripe waits for its slowest shard writes once a write quorum has succeeded
+/// (or four times what the quorum took, if longer).
+const STRAGGLER_GRACE: Duration = Duration::from_secs(1);
+
+type SendResult = Result<(), (Option<tonic::Code>, String)>;
+
+/// Every shard write's result, in position order. Once `quorum` writes succeeded, the rest
+/// get [`STRAGGLER_GRACE`] more and are then recorded as missing: a member cut off by the
+/// network would otherwise hold the whole put for the shard deadline (30 s) until the map
+/// marks it Down, and recovery rebuilds a missing shard anyway.
+async fn gather<F>(sends: impl Iterator<Item = F>, quorum: usize) -> Vec<SendResult>
+where
+    F: std::future::Future<Output = SendResult>,
+{
+    let started = tokio::time::Instant::now();
+    let mut pending: futures::stream::FuturesUnordered<_> = sends
+        .enumerate()
+        .map(|(i, f)| async move { (i, f.await) })
+        .collect();
+    let mut results: Vec<Option<SendResult>> = (0..pending.len()).map(|_| None).collect();
+    let mut succeeded = 0;
+    let mut deadline: Option<tokio::time::Instant> = None;
+    loop {
+        let next = match deadline {
+            None => pending.next().await,
+            Some(d) => match tokio::time::timeout_at(d, pending.next()).await {
+                Ok(next) => next,
+                Err(_) => break,
+            },
+        };
+        let Some((i, r)) = next else { break };
+        succeeded += usize::from(r.is_ok());
+        results[i] = Some(r);
+        if succeeded >= quorum && deadline.is_none() {
+            let grace = (started.elapsed() * 4).max(STRAGGLER_GRACE);
+            deadline = Some(tokio::time::Instant::now() + grace);
+        }
+    }
+    results
+        .into_iter()
+        .map(|r| {
+            r.unwrap_or_else(|| {
+                Err((
+                    None,
+                    "no answer within the grace after the write quorum was met".to_string(),
+                ))
+            })
+        })
+        .collect()
+}
+
 /// Down and Out members get no new writes; their shards count as missing.
 fn writable(view: &MapView, member: &str) -> bool {
     view.member(member).is_some_and(|m| {
@@ -556,6 +607,47 @@ fn writable(view: &MapView, member: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn stragglers_are_missing_once_the_quorum_has_waited_its_grace() {
+        let start = tokio::time::Instant::now();
+        let fast = |i: usize| async move {
+            if i == 1 {
+                Err((None, "refused".to_string()))
+            } else {
+                Ok(())
+            }
+        };
+        let sends = (0..4).map(|i| {
+            let f = fast(i);
+            async move {
+                if i == 3 {
+                    // A member behind a partition: would answer only at its deadline.
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                }
+                f.await
+            }
+        });
+        let results = gather(sends, 2).await;
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            start.elapsed()
+        );
+        assert!(results[0].is_ok() && results[2].is_ok());
+        assert!(results[1].is_err(), "a refusal stays a refusal");
+        assert!(results[3].is_err(), "the straggler is recorded missing");
+
+        // Below the quorum nothing is cut short: every answer is awaited.
+        let slow_ok = (0..3).map(|i| async move {
+            if i == 2 {
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+            }
+            Ok(())
+        });
+        let all = gather(slow_ok, 3).await;
+        assert!(all.iter().all(|r| r.is_ok()));
+    }
 
     #[test]
     fn short_stripes_are_strided_and_padded() {
