@@ -73,6 +73,7 @@ step "promtool" bash deploy/monitoring/test-rules.sh
 step "cargo clippy" cargo clippy --release --workspace --all-targets -- -D warnings
 step "cargo build" cargo build --release --workspace --all-targets
 step "cargo test" cargo test --release --workspace
+step "fuzz" bash scripts/fuzz.sh
 step "python stubs" python_stubs
 step "python e2e" python_tests
 
