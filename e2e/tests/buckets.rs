@@ -32,6 +32,9 @@ async fn start(dir: &std::path::Path, cp: &ControlPlane) -> DevCluster {
     let mut spec = StoragePoolSpec::with_defaults(2, 1);
     spec.pg_count = 8;
     spec.chunk_size = 64 * 1024;
+    // Short, so the operator passes every second.
+    spec.down_after = "2s".into();
+    spec.out_after = "10s".into();
     let mut cfg = DevClusterConfig::new(fleet, &cp.kubeconfig);
     cfg.lease_duration_secs = 1;
     cfg.pool = Some(("default".into(), spec));
@@ -148,7 +151,7 @@ fn code(result: Result<impl std::fmt::Debug, ClientError>) -> Option<Code> {
 async fn keys_of_bucket_a_cannot_read_bucket_b() {
     let dir = tempfile::tempdir().expect("temp dir");
     let cp = ControlPlane::start(&dir.path().join("cp"));
-    let cluster = start(dir.path(), &cp).await;
+    let mut cluster = start(dir.path(), &cp).await;
     let started = std::time::Instant::now();
 
     for ns in ["team-a", "team-b"] {
@@ -345,6 +348,48 @@ async fn keys_of_bucket_a_cannot_read_bucket_b() {
         Some(6),
         "{unauthenticated:?}"
     );
+
+    // A new operator (the old one crashed) publishes the same access: no new epoch.
+    let stored_epoch = || {
+        cp.kubectl_ok(
+            &[
+                "get",
+                "configmap",
+                "-n",
+                "potluck-system",
+                "potluck-cluster-map",
+                "-o",
+                "jsonpath={.data.epoch}",
+            ],
+            None,
+        )
+        .trim()
+        .parse::<u64>()
+        .expect("stored epoch")
+    };
+    let before_restart = stored_epoch();
+    cluster.kill_operator(0).await;
+    cluster.start_operator().await.expect("new operator");
+    let metrics = cluster.operator_metrics()[0].to_string();
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while potluck_e2e::metric(
+        &metrics,
+        "potluck_operator_reconciles_total",
+        "result=\"ok\"",
+    )
+    .await
+        < 3.0
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the new operator never reconciled"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(stored_epoch(), before_restart, "a restart minted an epoch");
+    a.stat("alpha", "cat.jpg")
+        .await
+        .expect("A's key after the restart");
 
     // A Bucket naming a missing pool, and one taking a name team-a holds, are not Ready.
     create_bucket(&cluster, "team-b", "lost", spec("nowhere", None)).await;
