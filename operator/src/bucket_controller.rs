@@ -48,16 +48,35 @@ async fn reconcile(bucket: Arc<Bucket>, ctx: Arc<Context>) -> Result<Action, Err
     }
     let material = buckets::ensure_secret(&ctx.client, &bucket).await?;
     let key_id = material.as_ref().ok().map(|m| m.id.clone());
+    let granted = material
+        .as_ref()
+        .ok()
+        .map(|m| buckets::access_of(&bucket, m));
     ctx.bucket_keys
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .insert(uid.clone(), material);
-    let snap = ctx.sync_fleet(None).await?;
+    // A fleet pass per reconcile would cost every agent a status call per Bucket each minute
+    // (and per Bucket at start-up): skip it when the stored map already grants this very key.
+    let stored = ctx.stored_map().await;
+    let (verdict, map) = match (&granted, stored) {
+        (Some(access), Some(map)) if map.buckets.contains(access) => (
+            Some(Verdict::Granted {
+                name: access.name.clone(),
+                key_id: key_id.clone().unwrap_or_default(),
+            }),
+            Some(map),
+        ),
+        _ => {
+            let mut snap = ctx.sync_fleet(None).await?;
+            (snap.buckets.remove(&uid), snap.map)
+        }
+    };
     let before = bucket.status.clone().unwrap_or_default();
     let after = buckets::bucket_status(
         &bucket,
-        snap.buckets.get(&uid),
-        snap.map.as_ref(),
+        verdict.as_ref(),
+        map.as_ref(),
         key_id.as_deref(),
         buckets::now(),
     );
@@ -69,7 +88,7 @@ async fn reconcile(bucket: Arc<Bucket>, ctx: Arc<Context>) -> Result<Action, Err
         &after,
     )
     .await?;
-    Ok(match snap.buckets.get(&uid) {
+    Ok(match &verdict {
         // Not published yet (the map could not be stored this pass): try again soon.
         Some(Verdict::Granted { .. }) if after.map_epoch == 0 => {
             Action::requeue(Duration::from_secs(2))

@@ -232,6 +232,18 @@ pub fn plan(
     plan
 }
 
+/// What the map holds for a granted Bucket with this key.
+pub fn access_of(bucket: &Bucket, material: &KeyMaterial) -> BucketAccess {
+    BucketAccess {
+        name: bucket.bucket_name(),
+        pool: bucket.spec.pool.clone(),
+        keys: vec![AccessKey {
+            id: material.id.clone(),
+            secret_blake3: material.secret_blake3.to_vec().into(),
+        }],
+    }
+}
+
 fn refused(reason: &'static str, message: String) -> Verdict {
     Verdict::Refused { reason, message }
 }
@@ -302,14 +314,7 @@ fn verdict(
             ),
         );
     }
-    access.push(BucketAccess {
-        name: name.clone(),
-        pool: pool.clone(),
-        keys: vec![AccessKey {
-            id: material.id.clone(),
-            secret_blake3: material.secret_blake3.to_vec().into(),
-        }],
-    });
+    access.push(access_of(bucket, &material));
     Verdict::Granted {
         name,
         key_id: material.id,

@@ -171,6 +171,16 @@ impl Context {
         }
     }
 
+    /// The map stored now, as the last pass left it (waits for a pass under way to end).
+    pub(crate) async fn stored_map(&self) -> Option<ClusterMap> {
+        self.fleet
+            .lock()
+            .await
+            .stored
+            .as_ref()
+            .map(|s| s.map.clone())
+    }
+
     /// The fleet-wide part of a reconcile. `leaving` names a pool being deleted, which is left
     /// out of the map even though it still exists.
     pub(crate) async fn sync_fleet(&self, leaving: Option<&str>) -> Result<Snapshot, Error> {
