@@ -145,6 +145,9 @@ pub struct AgentOptions {
     pub command_prefix: Vec<String>,
     /// In Kubernetes mode, the kubeconfig this agent uses instead of the fleet's.
     pub kubeconfig: Option<PathBuf>,
+    /// Appended after the fleet's `extra_agent_args`, for this agent only (e.g. one slow
+    /// member in a benchmark).
+    pub extra_args: Vec<String>,
 }
 
 /// How agents reach the API server in Kubernetes mode.
@@ -533,6 +536,7 @@ impl Fleet {
             .arg("--failure-domain")
             .arg(&agent.failure_domain)
             .args(&cfg.extra_agent_args)
+            .args(&options.extra_args)
             // The log is a file: escape codes would only clutter it.
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())

@@ -634,6 +634,7 @@ async fn a_member_cut_off_by_the_network_comes_back_and_the_fleet_converges() {
                 listen_ip: Some(part.ns_ip.into()),
                 command_prefix: part.exec_prefix(),
                 kubeconfig: Some(ns_kubeconfig.clone()),
+                ..Default::default()
             }
         } else {
             AgentOptions {

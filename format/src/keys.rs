@@ -128,19 +128,20 @@ pub fn manifest_key(pool: &str, bucket: &str, key: &str) -> Vec<u8> {
     k
 }
 
-/// Key of `bucket/key` in the manifest index: the pool, then the key's hash (which decides its
-/// manifest PG for any PG count, `layout::manifest_pg`), then the manifest key's own tail. A
-/// PG's manifests are one contiguous range of it.
+/// Key of `bucket/key` in the manifest index: the pool, then the key's hash in
+/// `layout::index_order` (so a PG's manifests are one contiguous range for any power-of-two PG
+/// count), then the manifest key's own tail.
 pub fn manifest_index_key(pool: &str, key_hash: u32, bucket: &str, key: &str) -> Vec<u8> {
     let mut k = pool_prefix(pool);
-    k.extend_from_slice(&key_hash.to_be_bytes());
+    k.extend_from_slice(&crate::layout::index_order(key_hash).to_be_bytes());
     k.push(bucket.len() as u8);
     k.extend_from_slice(bucket.as_bytes());
     k.extend_from_slice(key.as_bytes());
     k
 }
 
-/// Where the manifest index's range of `key_hash` values from `hash` on starts in `pool`.
+/// Where the manifest index's range of `layout::index_order` values from `order` on starts in
+/// `pool` (values past the last one give the end of the pool's range).
 pub fn manifest_index_from(pool: &str, hash: u64) -> Vec<u8> {
     let mut k = pool_prefix(pool);
     match u32::try_from(hash) {

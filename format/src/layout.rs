@@ -140,22 +140,32 @@ pub fn key_hash(bucket: &str, key: &str) -> u32 {
     (hash64(&[b"manifest", bucket.as_bytes(), key.as_bytes()]) >> 32) as u32
 }
 
-/// PG holding the manifest of `bucket/key`.
+/// PG holding the manifest of `bucket/key`. A remainder, that is the hash's low bits when the
+/// PG count is a power of two: doubling the count splits each PG in two, and the planner starts
+/// the new half on its parent's members, so no manifest has to move.
 pub fn manifest_pg(bucket: &str, key: &str, pg_count: u32) -> u32 {
-    pg_of_hash(key_hash(bucket, key), pg_count)
+    key_hash(bucket, key) % pg_count.max(1)
 }
 
-/// Splits the hash space into `pg_count` contiguous ranges (rather than taking a remainder),
-/// so that each PG's manifests are one range of an index ordered by key hash.
-pub fn pg_of_hash(hash: u32, pg_count: u32) -> u32 {
-    ((u64::from(hash) * u64::from(pg_count.max(1))) >> 32) as u32
+/// The order of key hashes in the manifest index: bit-reversed, so that the hashes sharing
+/// their low bits (one PG, for a power-of-two PG count) share their high bits and lie in one
+/// range.
+pub fn index_order(hash: u32) -> u32 {
+    hash.reverse_bits()
 }
 
-/// The key hashes `[start, end)` of PG `pg`: exactly those `h` with `pg_of_hash(h) == pg`.
-pub fn pg_hash_range(pg: u32, pg_count: u32) -> (u64, u64) {
-    let n = u64::from(pg_count.max(1));
-    let bound = |p: u64| (p << 32).div_ceil(n);
-    (bound(u64::from(pg)), bound(u64::from(pg) + 1))
+/// The range `[start, end)` of [`index_order`] values holding PG `pg`'s manifests, when the PG
+/// count is a power of two; `None` otherwise (the PG's manifests are then scattered).
+pub fn pg_index_range(pg: u32, pg_count: u32) -> Option<(u64, u64)> {
+    if !pg_count.is_power_of_two() || pg >= pg_count {
+        return None;
+    }
+    let bits = pg_count.trailing_zeros();
+    if bits == 0 {
+        return Some((0, 1 << 32));
+    }
+    let top = u64::from(pg.reverse_bits() >> (32 - bits));
+    Some((top << (32 - bits), (top + 1) << (32 - bits)))
 }
 
 /// A new object id for a version of `bucket/key` created at `now_ms`.
@@ -185,7 +195,7 @@ pub fn object_created_ms(object_id: &[u8; 16]) -> u64 {
 pub fn object_manifest_pg(object_id: &[u8; 16], pg_count: u32) -> u32 {
     let mut b = [0u8; 4];
     b.copy_from_slice(&object_id[6..10]);
-    pg_of_hash(u32::from_be_bytes(b), pg_count)
+    u32::from_be_bytes(b) % pg_count.max(1)
 }
 
 #[cfg(test)]
@@ -193,19 +203,45 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pg_hash_ranges_tile_the_hash_space() {
-        for n in [1u32, 3, 7, 64, 4096, 65_536] {
-            let mut next = 0u64;
-            for pg in 0..n {
-                let (lo, hi) = pg_hash_range(pg, n);
-                assert_eq!(lo, next, "PG {pg} of {n} starts where the previous ended");
-                assert!(hi > lo);
-                assert_eq!(pg_of_hash(lo as u32, n), pg);
-                assert_eq!(pg_of_hash((hi - 1) as u32, n), pg);
-                next = hi;
+    fn doubling_the_pg_count_splits_each_manifest_pg_in_place() {
+        // The planner starts PG p + n on PG p's members when n doubles, so a key must land
+        // on p or p + n.
+        for i in 0..1000 {
+            let key = format!("k{i}");
+            for n in [1u32, 2, 64, 1024] {
+                let before = manifest_pg("b", &key, n);
+                let after = manifest_pg("b", &key, 2 * n);
+                assert!(
+                    after == before || after == before + n,
+                    "{key}: {before} -> {after}"
+                );
             }
-            assert_eq!(next, 1 << 32);
         }
+    }
+
+    #[test]
+    fn index_ranges_hold_exactly_their_pgs_hashes() {
+        for n in [1u32, 2, 64, 4096, 65_536] {
+            let mut total = 0u64;
+            let pgs: std::collections::BTreeSet<u32> = [0, 1, n / 2, n - 1]
+                .into_iter()
+                .filter(|p| *p < n)
+                .collect();
+            for &pg in &pgs {
+                let Some((lo, hi)) = pg_index_range(pg, n) else {
+                    panic!("{n} is a power of two")
+                };
+                for r in [lo, lo + (hi - lo) / 3, hi - 1] {
+                    let hash = (r as u32).reverse_bits();
+                    assert_eq!(index_order(hash) as u64, r);
+                    assert_eq!(hash % n, pg, "PG {pg} of {n}");
+                }
+                total += hi - lo;
+            }
+            assert_eq!(total, pgs.len() as u64 * ((1u64 << 32) / u64::from(n)));
+        }
+        assert_eq!(pg_index_range(0, 6), None);
+        assert_eq!(pg_index_range(4, 4), None);
     }
 
     #[test]

@@ -43,7 +43,7 @@ pub async fn run(node: Arc<Node>) {
             }
         };
         for entry in due {
-            let finished = collect(&node, &entry).await;
+            let finished = collect(&node, &entry, &retired).await;
             let retry = (!finished).then(|| now_unix_ms() + RETRY_AFTER.as_millis() as u64);
             let e = entry.clone();
             if let Err(err) = node.with_store(move |s| s.settle_gc(&e, retry)).await {
@@ -80,6 +80,10 @@ async fn purge_retired_pools(node: &Arc<Node>, retired: &mut HashMap<String, Ins
         if since.elapsed() < node.tuning.orphan_grace {
             continue;
         }
+        // A map bringing the pool back may have arrived since the tick began.
+        if node.cluster.view().pool(&pool).is_some() {
+            continue;
+        }
         let name = pool.clone();
         match node
             .with_store(move |s| s.purge_pool(&name, PURGE_PAGE))
@@ -96,15 +100,19 @@ async fn purge_retired_pools(node: &Arc<Node>, retired: &mut HashMap<String, Ins
 }
 
 /// Deletes every shard of one old version; true when all holders answered.
-async fn collect(node: &Arc<Node>, entry: &GcEntry) -> bool {
+async fn collect(node: &Arc<Node>, entry: &GcEntry, retired: &HashMap<String, Instant>) -> bool {
     let m = &entry.manifest;
     let view = node.cluster.view();
     if view.epoch() == 0 {
         return false;
     }
     let Some(pool) = view.pool(&m.pool) else {
-        // The pool was deleted: its shards go with the rest of its data.
-        return true;
+        // The pool was deleted: its shards go with the rest of its data once the grace is
+        // over; until then it may come back, and this entry with it.
+        // Not in `retired` means no local data of the pool is left to wait for.
+        return retired
+            .get(&m.pool)
+            .is_none_or(|since| since.elapsed() >= node.tuning.orphan_grace);
     };
     if !pool.unplaceable_reason.is_empty() {
         return false;

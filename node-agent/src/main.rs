@@ -69,6 +69,13 @@ struct Args {
     /// Stripes one PG leader rebuilds at once.
     #[arg(long, default_value_t = 4)]
     recovery_concurrency: usize,
+    /// Extra members a full-stripe read asks at once (it decodes from the first k answers,
+    /// so one slow member does not slow the read); 0 asks only the data shards' members.
+    #[arg(long, default_value_t = 1)]
+    read_hedge: usize,
+    /// Testing only: delay every shard this agent serves to peers, like a slow disk or link.
+    #[arg(long, default_value_t = 0, hide = true)]
+    inject_serve_delay_ms: u64,
     /// Register as a StorageNode and keep a Lease alive through the Kubernetes
     /// API (credentials from KUBECONFIG or the pod's service account).
     #[arg(long, env = "POTLUCK_KUBERNETES")]
@@ -168,6 +175,8 @@ async fn main() -> anyhow::Result<()> {
             scrub_bandwidth: args.scrub_bandwidth.max(1),
             orphan_grace: Duration::from_secs(args.orphan_grace_secs.max(2)),
             recovery_concurrency: args.recovery_concurrency.max(1),
+            read_hedge: args.read_hedge,
+            serve_delay: Duration::from_millis(args.inject_serve_delay_ms),
             ..Tuning::default()
         },
     };

@@ -34,6 +34,7 @@ pub struct Metrics {
     pub peer_errors: IntCounterVec,
     pub degraded_stripes: IntCounter,
     pub reconstructed_stripes: IntCounter,
+    pub hedged_reads: IntCounter,
     pub corrupt_shards: IntCounter,
     pub gc_shards_deleted: IntCounter,
     pub stripe_buffers_allocated: IntCounter,
@@ -190,6 +191,11 @@ impl Metrics {
                 r,
                 "potluck_gateway_reconstructed_stripes_total",
                 "Stripes read by rebuilding data from parity",
+            )?,
+            hedged_reads: counter(
+                r,
+                "potluck_gateway_hedged_reads_total",
+                "Partial stripe reads that asked every other member because the first ones were late or failed",
             )?,
             corrupt_shards: counter(
                 r,

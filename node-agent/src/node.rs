@@ -50,6 +50,11 @@ pub struct Tuning {
     pub orphan_grace: Duration,
     /// Stripes one PG leader rebuilds at once.
     pub recovery_concurrency: usize,
+    /// Extra members a full-stripe read asks at once, decoding from the first k answers.
+    pub read_hedge: usize,
+    /// Fault injection for tests and benchmarks: every shard this member serves to a peer
+    /// waits this long first, like a slow disk or link.
+    pub serve_delay: Duration,
 }
 
 impl Default for Tuning {
@@ -68,6 +73,8 @@ impl Default for Tuning {
             scrub_bandwidth: 32 << 20,
             orphan_grace: Duration::from_secs(6 * 3600),
             recovery_concurrency: 4,
+            read_hedge: 1,
+            serve_delay: Duration::ZERO,
         }
     }
 }
@@ -88,6 +95,8 @@ pub struct Node {
     pub catchup: crate::map_catchup::CatchupState,
     /// What recovery last found in each PG this member leads.
     pub recovery: crate::recovery::RecoveryState,
+    /// How long shard fetches from peers take, for hedged reads.
+    pub shard_latency: crate::gateway::hedge::LatencyTracker,
     store_slots: Semaphore,
 }
 
@@ -125,6 +134,7 @@ impl Node {
             put_memory: Arc::new(Semaphore::new((tuning.put_memory_bytes >> 20).max(1))),
             catchup: crate::map_catchup::CatchupState::default(),
             recovery: crate::recovery::RecoveryState::default(),
+            shard_latency: Default::default(),
             tuning,
             started: Instant::now(),
         }

@@ -8,13 +8,23 @@
 //! manifest ([`crate::layout::new_object_id`]), so a PG's leader can tell, from the shard
 //! keys alone, which stripes are old enough and where to look for a manifest naming them.
 //!
-//! A stripe is deleted only when it is older than `orphan_grace` (gateways refuse to commit a
-//! put older than half of it, so no manifest can appear later) and every member of its
-//! manifest PG's acting set is up and lists no manifest, of any version, naming its object.
+//! A stripe is deleted only when
+//! - it is older than `orphan_grace` by its id (gateways refuse to commit a put older than
+//!   half of it, so no manifest can appear later, given clocks within half the grace) and its
+//!   id's time is not before ids carried times at all ([`FIRST_TIMED_ID_MS`]);
+//! - every member of the map that is not Out is up and lists no manifest of the stripe's
+//!   manifest PG, of any version, naming its object: not only the PG's acting set, since
+//!   a PG whose members all changed keeps its manifests on the previous ones until recovery
+//!   copies them over;
+//! - it was found so at least `gc_delay` earlier too, so reads already under way of a version
+//!   just overwritten finish, as with the GC queue.
+//!
 //! A manifest kept only by a minority after a failed overwrite still names its object, so the
 //! data it points to stays.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use potluck_proto::v1 as pb;
 
@@ -23,6 +33,45 @@ use crate::keys::ShardKey;
 use crate::layout::{object_created_ms, object_manifest_pg};
 use crate::node::{now_unix_ms, Node};
 use crate::recovery::{PgSurvey, StripeId};
+
+/// 2026-11-25T00:00:00Z: object ids began carrying their creation time that day. An id claiming
+/// an earlier time is random (written by an older agent) and says nothing about its age or its
+/// manifest PG.
+pub const FIRST_TIMED_ID_MS: u64 = 1_795_564_800_000;
+
+/// Stripes found unnamed, with when that was first seen; kept across passes.
+#[derive(Default)]
+pub struct Suspects {
+    seen: Mutex<HashMap<(String, StripeId), Instant>>,
+}
+
+impl Suspects {
+    /// Whether the stripe was already found unnamed at least `wait` ago (recording it now if
+    /// it was not found so before).
+    fn due(&self, pool: &str, id: StripeId, wait: Duration) -> bool {
+        let Ok(mut seen) = self.seen.lock() else {
+            return false;
+        };
+        let first = *seen
+            .entry((pool.to_string(), id))
+            .or_insert_with(Instant::now);
+        first.elapsed() >= wait
+    }
+
+    fn forget(&self, pool: &str, id: StripeId) {
+        if let Ok(mut seen) = self.seen.lock() {
+            seen.remove(&(pool.to_string(), id));
+        }
+    }
+
+    /// Drops suspicions older than `age`: the stripe went some other way (collected by GC,
+    /// or named after all).
+    pub fn expire(&self, age: Duration) {
+        if let Ok(mut seen) = self.seen.lock() {
+            seen.retain(|_, first| first.elapsed() < age);
+        }
+    }
+}
 
 /// Object ids named by the manifests of PGs looked at in one pass; `None` when some member of
 /// that PG could not be asked, so nothing it might name is deleted.
@@ -54,9 +103,13 @@ async fn list_named(
     pool: &pb::PoolMap,
     pg: u32,
 ) -> Option<HashSet<[u8; 16]>> {
-    let members = &pool.pgs.get(pg as usize)?.members;
+    pool.pgs.get(pg as usize)?;
     let mut ids = HashSet::new();
-    for member in members {
+    for info in view.members() {
+        let member = &info.id;
+        if info.state == pb::MemberState::Out as i32 {
+            continue;
+        }
         if !crate::recovery::is_up(view, member) {
             return None;
         }
@@ -103,7 +156,8 @@ pub(crate) async fn collect(
         .stripes
         .iter()
         .filter(|((object_id, _), info)| {
-            let old = object_created_ms(object_id).saturating_add(grace) < now;
+            let created = object_created_ms(object_id);
+            let old = created >= FIRST_TIMED_ID_MS && created.saturating_add(grace) < now;
             old && (sweep || info.present.count_ones() < width)
         })
         .map(|(id, _)| *id)
@@ -114,8 +168,20 @@ pub(crate) async fn collect(
         let manifest_pg = object_manifest_pg(&object_id, survey.pool.pg_count);
         match index.named(node, view, survey.pool, manifest_pg).await {
             Some(named) if !named.contains(&object_id) => {}
-            _ => continue,
+            Some(_) => {
+                node.recovery.suspects.forget(&survey.pool.name, id);
+                continue;
+            }
+            None => continue,
         }
+        if !node
+            .recovery
+            .suspects
+            .due(&survey.pool.name, id, node.tuning.gc_delay)
+        {
+            continue;
+        }
+        node.recovery.suspects.forget(&survey.pool.name, id);
         let Some(info) = survey.stripes.remove(&id) else {
             continue;
         };

@@ -58,6 +58,8 @@ const EPOCH_POLL: Duration = Duration::from_millis(250);
 pub struct RecoveryState {
     reports: Mutex<HashMap<(String, u32), pb::PgReport>>,
     recovered_bytes: std::sync::atomic::AtomicU64,
+    /// Stripes found unnamed by any manifest, waiting out the GC delay.
+    pub suspects: crate::orphans::Suspects,
 }
 
 impl RecoveryState {
@@ -173,6 +175,7 @@ pub async fn run(node: Arc<Node>) {
                 next_sweep = Instant::now() + sweep_every;
             }
             let led_clean = pass(&node, &view, &metrics, sweep).await;
+            node.recovery.suspects.expire(node.tuning.orphan_grace * 2);
             let strays_gone = collect_strays(&node, &view, &metrics).await;
             let all_clean = led_clean && strays_gone;
             next_pass = Instant::now()
@@ -274,6 +277,10 @@ async fn pass(node: &Node, view: &MapView, metrics: &RecoveryMetrics, sweep: boo
 
     let (mut clean, mut degraded) = (0i64, 0i64);
     for (survey, mut report) in surveys.iter().zip(reports) {
+        if node.cluster.epoch() != view.epoch() {
+            // Copies under the old map would be refused as stale; the next pass redoes it.
+            return false;
+        }
         let manifests_ok = sync_manifests(
             node,
             view,

@@ -173,6 +173,9 @@ impl ShardService for ShardServer {
             self.saw_epoch(req.epoch);
             let key = ShardKey::from_proto(req.id.as_ref()).map_err(key_status)?;
             let id = key.to_proto();
+            if !self.node.tuning.serve_delay.is_zero() {
+                tokio::time::sleep(self.node.tuning.serve_delay).await;
+            }
             let found = self.node.with_store(move |s| s.get_shard(&key)).await;
             let (data, meta) = match found {
                 Ok(Some(x)) => x,

@@ -35,10 +35,11 @@ const META_MEMBER: &[u8] = b"member_id";
 const META_SCRUB: &[u8] = b"scrub_last_unix_ms";
 const META_FORMAT: &[u8] = b"format";
 const META_INDEXED: &[u8] = b"manifest_index_built";
-/// Format 2: object ids carry their creation time and their key's hash
-/// (`layout::new_object_id`), which abandoned-stripe collection relies on. Data written
-/// with the random ids of format 1 would look abandoned to it.
-const FORMAT: &[u8] = b"2";
+/// Format 3: object ids carry their creation time and their key's hash
+/// (`layout::new_object_id`), which abandoned-stripe collection relies on (data written with
+/// the random ids of format 1 would look abandoned to it), and the manifest index is in
+/// `layout::index_order` (format 2, briefly, ordered it otherwise).
+const FORMAT: &[u8] = b"3";
 
 /// Values at least this large go to blob files.
 const MIN_BLOB_SIZE: u64 = 4096;
@@ -602,14 +603,18 @@ impl ShardStore {
         after: Option<(&str, &str)>,
         limit: usize,
     ) -> Result<(Vec<pb::Manifest>, bool), StoreError> {
-        let (lo, hi) = crate::layout::pg_hash_range(pg, pg_count);
+        // A power-of-two PG count (always, for pools the operator places) makes the PG one
+        // range of the index; otherwise the whole pool's range is scanned and filtered.
+        let (lo, hi) = crate::layout::pg_index_range(pg, pg_count).unwrap_or((0, 1 << 32));
+        let from = keys::manifest_index_from(pool, lo);
         let start = match after {
             Some((b, k)) => {
                 let mut s = keys::manifest_index_key(pool, crate::layout::key_hash(b, k), b, k);
                 s.push(0);
-                s
+                // A cursor from outside the PG's range must not list other PGs.
+                s.max(from)
             }
-            None => keys::manifest_index_from(pool, lo),
+            None => from,
         };
         let end = keys::manifest_index_from(pool, hi);
         let manifests = self.cf(CF_MANIFESTS)?;
@@ -633,10 +638,14 @@ impl ShardStore {
             let Some(v) = self.db.get_cf(manifests, &manifest_key)? else {
                 continue;
             };
+            let m = decode_manifest(&v)?;
+            if crate::layout::manifest_pg(&m.bucket, &m.key, pg_count) != pg {
+                continue;
+            }
             if out.len() == limit {
                 return Ok((out, true));
             }
-            out.push(decode_manifest(&v)?);
+            out.push(m);
         }
         Ok((out, false))
     }

@@ -1,7 +1,7 @@
 //! GetObject: newest manifest, then the needed stripes in order, a few in
 //! flight. Healthy stripes need only the data shards the range touches (the
-//! code is systematic); any failure or hash mismatch falls back to fetching
-//! every other shard and rebuilding from any k.
+//! code is systematic); a failure, a hash mismatch or a late member makes the
+//! read ask the others and rebuild from the first k (`hedge`).
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -149,7 +149,12 @@ async fn fetch(ctx: &ReadContext, s: u64, pg: u32, i: usize) -> Result<Bytes, St
         shard: i as u8,
     };
     let local = member == &ctx.node.id;
-    match ctx.node.get_shard(&ctx.view, member, key).await {
+    let started = std::time::Instant::now();
+    let fetched = ctx.node.get_shard(&ctx.view, member, key).await;
+    if !local && matches!(fetched, Ok(Some(_))) {
+        ctx.node.shard_latency.observe(started.elapsed());
+    }
+    match fetched {
         Ok(Some(data)) => {
             // The local store already checked its own hash; a peer's bytes
             // crossed the network and are checked here.
@@ -165,6 +170,15 @@ async fn fetch(ctx: &ReadContext, s: u64, pg: u32, i: usize) -> Result<Bytes, St
         // A corrupt local shard was counted by the store read itself.
         Err(e) => Err(format!("shard {i}: {e}")),
     }
+}
+
+async fn fetch_numbered(
+    ctx: &ReadContext,
+    s: u64,
+    pg: u32,
+    i: usize,
+) -> (usize, Result<Bytes, String>) {
+    (i, fetch(ctx, s, pg, i).await)
 }
 
 /// The bytes of `range` that stripe `s` holds, as slices of its data shards.
@@ -186,30 +200,59 @@ async fn read_stripe(
 
     let mut got: Vec<Option<Bytes>> = vec![None; width];
     let mut errors = Vec::new();
-    let first: Vec<usize> = needed
+    // Data shards the range needs first, then the other data shards, then parity.
+    let mut order: Vec<usize> = needed.clone();
+    order.extend((0..width).filter(|i| !needed.contains(i)));
+    order.retain(|i| missing & (1 << i) == 0);
+    let hedge = ctx.node.tuning.read_hedge;
+    let first = if needed.len() == k {
+        k + hedge
+    } else {
+        needed.len()
+    };
+    let (first, mut rest) = {
+        let split = first.min(order.len());
+        (order[..split].to_vec(), order[split..].to_vec())
+    };
+    let mut pending: futures::stream::FuturesUnordered<_> = first
         .iter()
-        .copied()
-        .filter(|i| missing & (1 << i) == 0)
+        .map(|&i| fetch_numbered(&ctx, s, pg, i))
         .collect();
-    let results = futures::future::join_all(first.iter().map(|&i| fetch(&ctx, s, pg, i))).await;
-    for (&i, r) in first.iter().zip(results) {
-        match r {
-            Ok(d) => got[i] = Some(d),
-            Err(e) => errors.push(e),
+    let late = tokio::time::sleep(ctx.node.shard_latency.hedge_delay());
+    tokio::pin!(late);
+    loop {
+        let have = got.iter().filter(|g| g.is_some()).count();
+        if needed.iter().all(|&i| got[i].is_some()) || have >= k {
+            break;
         }
-    }
-
-    if needed.iter().any(|&i| got[i].is_none()) {
-        let rest: Vec<usize> = (0..width)
-            .filter(|&i| got[i].is_none() && !first.contains(&i) && missing & (1 << i) == 0)
-            .collect();
-        let results = futures::future::join_all(rest.iter().map(|&i| fetch(&ctx, s, pg, i))).await;
-        for (&i, r) in rest.iter().zip(results) {
-            match r {
-                Ok(d) => got[i] = Some(d),
-                Err(e) => errors.push(e),
+        let ask_the_rest = tokio::select! {
+            next = pending.next() => match next {
+                Some((i, Ok(d))) => {
+                    got[i] = Some(d);
+                    false
+                }
+                Some((_, Err(e))) => {
+                    errors.push(e);
+                    true
+                }
+                None if rest.is_empty() => break,
+                None => true,
+            },
+            () = &mut late, if hedge > 0 && !rest.is_empty() => {
+                ctx.node.metrics.hedged_reads.inc();
+                true
+            }
+        };
+        if ask_the_rest {
+            for i in rest.drain(..) {
+                pending.push(fetch_numbered(&ctx, s, pg, i));
             }
         }
+    }
+    // Fetches still running are dropped here: their members were the slow ones.
+    drop(pending);
+
+    if needed.iter().any(|&i| got[i].is_none()) {
         let usable = got.iter().filter(|g| g.is_some()).count();
         if usable < k {
             return Err(Status::unavailable(format!(
@@ -234,12 +277,16 @@ async fn read_stripe(
             }
         }
         ctx.node.metrics.reconstructed_stripes.inc();
-        tracing::info!(
-            stripe = s,
-            pg,
-            "stripe rebuilt from parity: {}",
-            errors.join("; ")
-        );
+        if errors.is_empty() {
+            tracing::debug!(stripe = s, pg, "stripe decoded around a late member");
+        } else {
+            tracing::info!(
+                stripe = s,
+                pg,
+                "stripe rebuilt from parity: {}",
+                errors.join("; ")
+            );
+        }
     }
 
     let mut pieces = Vec::with_capacity(needed.len());

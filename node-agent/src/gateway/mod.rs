@@ -2,6 +2,7 @@
 //! decodes on behalf of clients.
 
 mod get;
+pub mod hedge;
 mod list;
 pub mod manifests;
 mod put;
