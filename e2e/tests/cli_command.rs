@@ -250,7 +250,8 @@ async fn a_failing_agent_fails_the_start_with_its_log() {
 /// (exit 4), and dropping the fleet kills every agent left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_command_puts_gets_lists_stats_and_removes() {
-    let mut fleet = start_fleet(&[]).await;
+    // Without the stripe cache: the end checks what holders alone can serve.
+    let mut fleet = start_fleet(&["--stripe-cache", "0"]).await;
     let dir = tempfile::tempdir().expect("temp dir");
     let endpoints = fleet.endpoints().join(",");
     let run = |args: &'static [&'static str]| potluck(&endpoints, args, None);

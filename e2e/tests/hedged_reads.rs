@@ -9,7 +9,8 @@ const SLOW: usize = 5;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_member_is_read_around() {
-    let fleet = start_fleet_with(&[], |cfg| {
+    // Without the stripe cache, which would answer the partial reads of stripes read whole.
+    let fleet = start_fleet_with(&["--stripe-cache", "0"], |cfg| {
         cfg.agent_options.entry(SLOW).or_default().extra_args =
             vec!["--inject-serve-delay-ms".into(), "2000".into()];
     })

@@ -73,6 +73,10 @@ struct Args {
     /// so one slow member does not slow the read); 0 asks only the data shards' members.
     #[arg(long, default_value_t = 1)]
     read_hedge: usize,
+    /// Recently read stripes kept for further readers of the same objects, e.g. 256MiB; 0
+    /// turns the cache off.
+    #[arg(long, default_value = "256MiB", value_parser = parse_size)]
+    stripe_cache: u64,
     /// Testing only: delay every shard this agent serves to peers, like a slow disk or link.
     #[arg(long, default_value_t = 0, hide = true)]
     inject_serve_delay_ms: u64,
@@ -177,6 +181,7 @@ async fn main() -> anyhow::Result<()> {
             recovery_concurrency: args.recovery_concurrency.max(1),
             read_hedge: args.read_hedge,
             serve_delay: Duration::from_millis(args.inject_serve_delay_ms),
+            stripe_cache_bytes: usize::try_from(args.stripe_cache).unwrap_or(usize::MAX),
             ..Tuning::default()
         },
     };

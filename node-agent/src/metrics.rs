@@ -35,6 +35,7 @@ pub struct Metrics {
     pub degraded_stripes: IntCounter,
     pub reconstructed_stripes: IntCounter,
     pub hedged_reads: IntCounter,
+    pub stripe_cache: IntCounterVec,
     pub corrupt_shards: IntCounter,
     pub gc_shards_deleted: IntCounter,
     pub stripe_buffers_allocated: IntCounter,
@@ -191,6 +192,12 @@ impl Metrics {
                 r,
                 "potluck_gateway_reconstructed_stripes_total",
                 "Stripes read by rebuilding data from parity",
+            )?,
+            stripe_cache: counter_vec(
+                r,
+                "potluck_gateway_stripe_cache_lookups_total",
+                "Stripe reads answered from this agent's stripe cache (hit) or from shard holders (miss)",
+                &["result"],
             )?,
             hedged_reads: counter(
                 r,

@@ -55,6 +55,8 @@ pub struct Tuning {
     /// Fault injection for tests and benchmarks: every shard this member serves to a peer
     /// waits this long first, like a slow disk or link.
     pub serve_delay: Duration,
+    /// Bytes of recently read stripes kept for further readers; 0 turns the cache off.
+    pub stripe_cache_bytes: usize,
 }
 
 impl Default for Tuning {
@@ -75,6 +77,7 @@ impl Default for Tuning {
             recovery_concurrency: 4,
             read_hedge: 1,
             serve_delay: Duration::ZERO,
+            stripe_cache_bytes: 256 << 20,
         }
     }
 }
@@ -97,6 +100,8 @@ pub struct Node {
     pub recovery: crate::recovery::RecoveryState,
     /// How long shard fetches from peers take, for hedged reads.
     pub shard_latency: crate::gateway::hedge::LatencyTracker,
+    /// Stripes recently read through this agent.
+    pub stripe_cache: crate::gateway::stripe_cache::StripeCache,
     store_slots: Semaphore,
 }
 
@@ -135,6 +140,7 @@ impl Node {
             catchup: crate::map_catchup::CatchupState::default(),
             recovery: crate::recovery::RecoveryState::default(),
             shard_latency: Default::default(),
+            stripe_cache: crate::gateway::stripe_cache::StripeCache::new(tuning.stripe_cache_bytes),
             tuning,
             started: Instant::now(),
         }

@@ -8,7 +8,8 @@
 //! all healthy; one member slowed with the gateway hedging (its default, `--read-hedge 1`);
 //! the same slow member with hedging off (`--read-hedge 0`). In each, one 64 MiB object is put
 //! through agent 0, then whole stripes (4 MiB ranged reads) are read one at a time through
-//! agent 0 and timed. Ratios are p99s against the healthy fleet's p99 from the same run.
+//! agent 0 and timed, with the stripe cache off. Ratios are p99s against the healthy fleet's
+//! p99 from the same run.
 
 use std::time::{Duration, Instant};
 
@@ -43,7 +44,14 @@ async fn measure(run: &Run, reads: usize, delay_ms: u64) -> anyhow::Result<Laten
         .prefix("potluck-read-bench-")
         .tempdir()?;
     let mut cfg = FleetConfig::new(dir.path());
-    cfg.extra_agent_args = vec!["--read-hedge".into(), run.hedge.to_string()];
+    // The stripe cache off: every read must go to the shard holders, or after the first
+    // pass all reads would be answered from the gateway's memory.
+    cfg.extra_agent_args = vec![
+        "--read-hedge".into(),
+        run.hedge.to_string(),
+        "--stripe-cache".into(),
+        "0".into(),
+    ];
     if run.slow {
         cfg.agent_options.entry(SLOW).or_default().extra_args =
             vec!["--inject-serve-delay-ms".into(), delay_ms.to_string()];

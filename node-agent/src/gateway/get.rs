@@ -197,6 +197,21 @@ async fn read_stripe(
     let needed: Vec<usize> = (0..k)
         .filter(|&i| shard_slice(i as u32, shard_len, &rel).is_some())
         .collect();
+    let mut object_id = [0u8; 16];
+    object_id.copy_from_slice(&m.object_id);
+    if let Some(cached) = ctx.node.stripe_cache.get(&object_id, s) {
+        ctx.node
+            .metrics
+            .stripe_cache
+            .with_label_values(&["hit"])
+            .inc();
+        return slice_pieces(&cached, &needed, shard_len, &rel, s);
+    }
+    ctx.node
+        .metrics
+        .stripe_cache
+        .with_label_values(&["miss"])
+        .inc();
 
     let mut got: Vec<Option<Bytes>> = vec![None; width];
     let mut errors = Vec::new();
@@ -289,12 +304,34 @@ async fn read_stripe(
         }
     }
 
+    if got[..k].iter().all(Option::is_some) {
+        let data: Vec<Bytes> = got[..k].iter().flatten().cloned().collect();
+        let pieces = slice_pieces(&data, &needed, shard_len, &rel, s);
+        ctx.node.stripe_cache.put(&object_id, s, data);
+        return pieces;
+    }
+    let data: Vec<Bytes> = got[..k]
+        .iter()
+        .map(|g| g.clone().unwrap_or_default())
+        .collect();
+    slice_pieces(&data, &needed, shard_len, &rel, s)
+}
+
+/// The parts of data shards `needed` (of a stripe whose shards are `shard_len` long) that hold
+/// the stripe-relative range `rel`.
+fn slice_pieces(
+    data: &[Bytes],
+    needed: &[usize],
+    shard_len: u64,
+    rel: &Range<u64>,
+    s: u64,
+) -> Result<Vec<Bytes>, Status> {
     let mut pieces = Vec::with_capacity(needed.len());
-    for i in needed {
-        let Some(r) = shard_slice(i as u32, shard_len, &rel) else {
+    for &i in needed {
+        let Some(r) = shard_slice(i as u32, shard_len, rel) else {
             continue;
         };
-        let data = got[i].as_ref().ok_or_else(|| {
+        let data = data.get(i).ok_or_else(|| {
             Status::internal(format!("shard {i} of stripe {s} missing after rebuild"))
         })?;
         if (data.len() as u64) < r.end {

@@ -6,6 +6,7 @@ pub mod hedge;
 mod list;
 pub mod manifests;
 mod put;
+pub mod stripe_cache;
 
 use std::sync::Arc;
 use std::time::Instant;
