@@ -302,3 +302,68 @@ pub async fn metric_matching(metrics_addr: &str, name: &str, filters: &[&str]) -
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// Every file under `dir`, recursively (an unreadable directory counts as empty).
+pub fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(files_under(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// Runs the `potluck` binary with `POTLUCK_ENDPOINT=endpoints` and `envs` set (no pool or
+/// key file inherited from the environment), feeding `stdin` if given.
+pub async fn run_potluck(
+    endpoints: &str,
+    args: &[&str],
+    envs: &[(&str, &str)],
+    stdin: Option<&[u8]>,
+) -> std::process::Output {
+    use std::process::Stdio;
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new(find_potluck_bin())
+        .args(args)
+        .env("POTLUCK_ENDPOINT", endpoints)
+        .env_remove("POTLUCK_POOL")
+        .env_remove("POTLUCK_KEY_FILE")
+        .envs(envs.iter().copied())
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn potluck");
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().expect("stdin");
+        pipe.write_all(input).await.expect("write stdin");
+        // Dropped here: the command sees the end of its input.
+    }
+    child.wait_with_output().await.expect("potluck output")
+}
+
+/// A command's output as text, for assertion messages.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Fails the test with the command's stderr unless it exited 0.
+pub fn assert_success(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}: {}",
+        out.status,
+        text(&out.stderr)
+    );
+}

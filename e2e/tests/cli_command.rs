@@ -12,7 +12,6 @@ use potluck_cli::fleet::FleetError;
 use potluck_e2e::*;
 use potluck_proto::v1::agent_control_client::AgentControlClient;
 use potluck_proto::v1::{GetClusterMapRequest, MemberState};
-use tokio::io::AsyncWriteExt;
 
 const B: &str = "cli-command";
 
@@ -35,39 +34,7 @@ fn read_log(fleet: &TestFleet, index: usize) -> String {
 
 /// Runs `potluck` with `POTLUCK_ENDPOINT=endpoints`, feeding `stdin` if given.
 async fn potluck(endpoints: &str, args: &[&str], stdin: Option<&[u8]>) -> Output {
-    let mut child = tokio::process::Command::new(find_potluck_bin())
-        .args(args)
-        .env("POTLUCK_ENDPOINT", endpoints)
-        .env_remove("POTLUCK_POOL")
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn potluck");
-    if let Some(input) = stdin {
-        let mut pipe = child.stdin.take().expect("stdin");
-        pipe.write_all(input).await.expect("write stdin");
-        // Dropped here: the command sees the end of its input.
-    }
-    child.wait_with_output().await.expect("potluck output")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn assert_success(out: &Output) {
-    assert!(
-        out.status.success(),
-        "{}: {}",
-        out.status,
-        text(&out.stderr)
-    );
+    run_potluck(endpoints, args, &[], stdin).await
 }
 
 fn assert_exit(out: &Output, code: i32) {

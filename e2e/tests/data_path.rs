@@ -190,7 +190,7 @@ async fn flipped_bytes_on_disk_are_detected_and_read_around() {
     // in every blob file, start it again on the same disk.
     fleet.stop(0).await.expect("stop 0");
     let mut flipped = 0;
-    for entry in walk(fleet.data_dir(0)) {
+    for entry in files_under(fleet.data_dir(0)) {
         if entry.extension().is_some_and(|e| e == "blob") {
             let mut bytes = std::fs::read(&entry).expect("read blob");
             let mut at = 4096;
@@ -217,21 +217,6 @@ async fn flipped_bytes_on_disk_are_detected_and_read_around() {
     let rebuilt = metric(&metrics, "potluck_gateway_reconstructed_stripes_total", "").await;
     assert!(corrupt >= 1.0, "corruption counted: {corrupt}");
     assert!(rebuilt >= 1.0, "stripes rebuilt from parity: {rebuilt}");
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(walk(&p));
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

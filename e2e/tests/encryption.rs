@@ -4,57 +4,22 @@
 //! key round-trips the content, and a wrong key, a missing key, an altered,
 //! truncated or extended object all fail with exit 5 and leave no file.
 
-use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
+use std::path::Path;
+use std::process::Output;
 
 use potluck_cli::crypt::{sealed_len, DEFAULT_CHUNK_SIZE, HEADER_LEN, MAGIC, TAG_LEN};
 use potluck_e2e::*;
-use tokio::io::AsyncWriteExt;
 
 const B: &str = "encryption";
 
-/// Runs `potluck` against `endpoints` with `envs` set (and no key file or
-/// pool inherited from the environment), feeding `stdin` if given.
+/// Runs `potluck` against `endpoints` with `envs` set, feeding `stdin` if given.
 async fn potluck(
     endpoints: &str,
     args: &[&str],
     envs: &[(&str, &str)],
     stdin: Option<&[u8]>,
 ) -> Output {
-    let mut child = tokio::process::Command::new(find_potluck_bin())
-        .args(args)
-        .env("POTLUCK_ENDPOINT", endpoints)
-        .env_remove("POTLUCK_POOL")
-        .env_remove("POTLUCK_KEY_FILE")
-        .envs(envs.iter().copied())
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn potluck");
-    if let Some(input) = stdin {
-        let mut pipe = child.stdin.take().expect("stdin");
-        pipe.write_all(input).await.expect("write stdin");
-    }
-    child.wait_with_output().await.expect("potluck output")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn assert_success(out: &Output) {
-    assert!(
-        out.status.success(),
-        "{}: {}",
-        out.status,
-        text(&out.stderr)
-    );
+    run_potluck(endpoints, args, envs, stdin).await
 }
 
 fn assert_exit(out: &Output, code: i32, stderr_has: &str) {
@@ -91,24 +56,12 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
         .any(|(i, _)| haystack[i..].starts_with(needle))
 }
 
-fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
-    for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
-        let entry = entry.expect("dir entry");
-        let kind = entry.file_type().expect("file type");
-        if kind.is_dir() {
-            files_under(&entry.path(), out);
-        } else if kind.is_file() {
-            out.push(entry.path());
-        }
-    }
-}
-
 /// Which of `needles` occur anywhere in the bytes of any file in the agents'
 /// data directories (SSTs, blob files, WAL, manifests: everything).
 fn on_member_disks(fleet: &TestFleet, needles: &[&[u8]]) -> (Vec<bool>, usize, u64) {
     let mut files = Vec::new();
     for i in 0..fleet.len() {
-        files_under(fleet.data_dir(i), &mut files);
+        files.extend(files_under(fleet.data_dir(i)));
     }
     let mut found = vec![false; needles.len()];
     let mut bytes = 0u64;

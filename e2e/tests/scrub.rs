@@ -47,7 +47,7 @@ async fn assert_objects_intact(fleet: &TestFleet, objects: &[(String, Vec<u8>)])
 async fn corrupt_blob_files(fleet: &mut TestFleet, i: usize) {
     fleet.stop(i).await.expect("stop");
     let mut flipped = 0;
-    for path in walk(fleet.data_dir(i)) {
+    for path in files_under(fleet.data_dir(i)) {
         if path.extension().is_some_and(|e| e == "blob") {
             let mut bytes = std::fs::read(&path).expect("read blob");
             let mut at = 4096;
@@ -61,21 +61,6 @@ async fn corrupt_blob_files(fleet: &mut TestFleet, i: usize) {
     }
     assert!(flipped > 0, "agent {i} holds shard data in blob files");
     fleet.restart(i).await.expect("restart");
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(walk(&p));
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
 }
 
 async fn control(fleet: &TestFleet, i: usize) -> AgentControlClient<tonic::transport::Channel> {
