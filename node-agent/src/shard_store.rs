@@ -315,32 +315,39 @@ impl ShardStore {
             .get_cf(meta_cf, &k)?
             .map(|v| ShardMeta::decode(&v))
             .transpose()?;
-        let used = self.bytes.load(Ordering::Relaxed);
-        let grow = (data.len() as u64).saturating_sub(old.map_or(0, |o| o.len));
-        if used + grow > self.capacity {
-            return Err(StoreError::Full {
-                used,
-                capacity: self.capacity,
-                needed: grow,
-            });
-        }
+        let old_len = old.map_or(0, |o| o.len);
+        let new_len = data.len() as u64;
         let meta = ShardMeta {
-            len: data.len() as u64,
+            len: new_len,
             hash: *hash,
         };
         let mut batch = WriteBatch::default();
         batch.put_cf(self.cf(CF_SHARDS)?, &k, data);
         batch.put_cf(meta_cf, &k, meta.encode());
-        self.db.write_opt(batch, &self.sync)?;
-        match old {
-            Some(o) => {
-                self.bytes.fetch_sub(o.len, Ordering::Relaxed);
-            }
-            None => {
-                self.shards.fetch_add(1, Ordering::Relaxed);
-            }
+        // Reserve the growth before writing: shards of different keys are
+        // written concurrently (a put keeps several stripes in flight), and a
+        // check followed by a later add would let them all pass the same check.
+        let grow = new_len.saturating_sub(old_len);
+        let capacity = self.capacity;
+        self.bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                (used + grow <= capacity).then_some(used + grow)
+            })
+            .map_err(|used| StoreError::Full {
+                used,
+                capacity,
+                needed: grow,
+            })?;
+        if let Err(e) = self.db.write_opt(batch, &self.sync) {
+            self.bytes.fetch_sub(grow, Ordering::AcqRel);
+            return Err(e.into());
         }
-        self.bytes.fetch_add(meta.len, Ordering::Relaxed);
+        if old.is_none() {
+            self.shards.fetch_add(1, Ordering::Relaxed);
+        }
+        // A shorter replacement gives back what it no longer uses.
+        self.bytes
+            .fetch_sub(old_len.saturating_sub(new_len), Ordering::AcqRel);
         Ok(())
     }
 
@@ -1006,6 +1013,32 @@ mod tests {
             s.get_shard(&key(0, 0, 1)),
             Err(StoreError::Corrupt { .. })
         ));
+    }
+
+    #[test]
+    fn concurrent_puts_never_overfill_a_member() {
+        // 16 writers race for room for 5 shards: exactly 5 may land, and the
+        // byte count matches what is stored.
+        let dir = tempfile::tempdir().unwrap();
+        let s = ShardStore::open(dir.path(), "a", 5 * 4096).unwrap();
+        let data = vec![7u8; 4096];
+        let hash = *blake3::hash(&data).as_bytes();
+        let stored = std::thread::scope(|scope| {
+            let writers: Vec<_> = (0..16u32)
+                .map(|i| {
+                    let (s, data) = (&s, &data);
+                    scope.spawn(move || s.put_shard(&key(i, 0, 0), data, &hash).is_ok())
+                })
+                .collect();
+            writers
+                .into_iter()
+                .map(|w| w.join().unwrap())
+                .filter(|&ok| ok)
+                .count()
+        });
+        assert_eq!(stored, 5);
+        assert_eq!(s.stats().bytes, 5 * 4096);
+        assert_eq!(s.stats().shards, 5);
     }
 
     #[test]
