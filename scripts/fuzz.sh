@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fuzzes every decoder of untrusted bytes (fuzz/fuzz_targets: shard keys, shard streams,
-# manifests, cluster maps, client requests) with libFuzzer for a bounded time each, and
+# manifests, cluster maps, client requests, share tokens) with libFuzzer for a bounded time each, and
 # fails on the first crash, printing the input and how to replay it.
 #
 #   bash scripts/fuzz.sh                        # every target, 20 s each

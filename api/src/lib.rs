@@ -1,4 +1,4 @@
-//! Potluck's Kubernetes API: the `StoragePool`, `StorageNode` and `Bucket` custom resources
+//! Potluck's Kubernetes API: the `StoragePool`, `StorageNode`, `Bucket` and `Share` custom resources
 //! (`potluck.dev/v1alpha1`), shared by the operator and the node agent.
 //!
 //! The CRDs in `deploy/crds.yaml` are generated from these types by
@@ -10,6 +10,7 @@ pub mod condition;
 pub mod duration;
 pub mod node;
 pub mod pool;
+pub mod share;
 
 #[cfg(test)]
 mod crd_tests;
@@ -19,6 +20,7 @@ pub use node::{NodePhase, StorageNode, StorageNodeSpec, StorageNodeStatus};
 pub use pool::{
     PoolHealth, PoolParams, SpecError, StoragePool, StoragePoolSpec, StoragePoolStatus,
 };
+pub use share::{Share, ShareSpec};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
@@ -33,7 +35,12 @@ pub const CRDGEN_COMMAND: &str = "cargo run --bin crdgen > deploy/crds.yaml";
 
 /// Every CRD of the project, in the order they are written to `deploy/crds.yaml`.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![StoragePool::crd(), StorageNode::crd(), Bucket::crd()]
+    vec![
+        StoragePool::crd(),
+        StorageNode::crd(),
+        Bucket::crd(),
+        Share::crd(),
+    ]
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -123,6 +123,20 @@ impl Credentials {
         })
     }
 
+    /// A share link's token instead of a key: sent as `authorization: Share <token>`, it
+    /// reads what the link grants and nothing else.
+    pub fn share_link(token: &str) -> Result<Self, CredentialsError> {
+        let mut header: tonic::metadata::MetadataValue<tonic::metadata::Ascii> =
+            format!("Share {token}")
+                .parse()
+                .map_err(|_| CredentialsError::BadSecret)?;
+        header.set_sensitive(true);
+        Ok(Self {
+            access_key_id: String::new(),
+            header,
+        })
+    }
+
     pub fn access_key_id(&self) -> &str {
         &self.access_key_id
     }
@@ -617,6 +631,20 @@ impl Client {
                 .insert(AUTHORIZATION, c.header.clone());
         }
         request
+    }
+
+    /// A ShareService client on the next gateway's connection, for `share` commands.
+    pub fn share_service(
+        &self,
+    ) -> potluck_proto::v1::share_service_client::ShareServiceClient<Channel> {
+        potluck_proto::v1::share_service_client::ShareServiceClient::new(
+            self.pick_gateway().channel.clone(),
+        )
+    }
+
+    /// `message` as a request carrying this client's credentials.
+    pub fn authorized<T>(&self, message: T) -> tonic::Request<T> {
+        self.request(message)
     }
 
     fn pick(&self) -> ObjectServiceClient<Channel> {

@@ -52,6 +52,12 @@ pub fn client_hint(err: &ClientError) -> Option<&'static str> {
         }
         ClientError::AlreadyExists(_) => "pick another key, or delete the existing object first with `potluck rm`",
         ClientError::ResourceExhausted(_) => "the pool may be out of space, or a limit was hit; free space or add members",
+        // Share links say what is wrong with them and what to do; a key hint would mislead.
+        ClientError::Unauthenticated(m) | ClientError::PermissionDenied(m)
+            if m.contains("share link") || m.contains("share token") =>
+        {
+            return None
+        }
         ClientError::Unauthenticated(_) => {
             "pass the bucket's credentials: --access-key and --secret-key (or POTLUCK_ACCESS_KEY and POTLUCK_SECRET_KEY), or --credentials with its mounted Secret; `kubectl get bucket` names the Secret"
         }

@@ -12,4 +12,5 @@ pub mod fleet;
 pub mod human;
 pub mod progress;
 pub mod sealed_object;
+pub mod share;
 pub mod status;

@@ -17,6 +17,7 @@ use potluck_cli::fleet::{find_agent_bin, Fleet, FleetConfig, FleetError};
 use potluck_cli::human::{format_size, format_unix_ms, format_unix_ms_short, parse_size};
 use potluck_cli::progress::TransferBar;
 use potluck_cli::sealed_object::{self, SealedError};
+use potluck_cli::share;
 use potluck_cli::status;
 use tokio::io::{AsyncRead, AsyncWriteExt};
 
@@ -81,6 +82,59 @@ struct Cli {
     command: Command,
 }
 
+/// What `get` reads: an object by address, or what a share link opens.
+#[derive(Debug, Clone)]
+enum GetTarget {
+    Object(ObjectAddr),
+    Link(Box<share::Link>),
+}
+
+fn parse_get_target(arg: &str) -> Result<GetTarget, String> {
+    if share::looks_like_link(arg) {
+        return share::Link::parse(arg)
+            .map(|l| GetTarget::Link(Box::new(l)))
+            .map_err(|e| e.to_string());
+    }
+    arg.parse()
+        .map(GetTarget::Object)
+        .map_err(|e: potluck_cli::address::AddressError| e.to_string())
+}
+
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+struct ShareArgs {
+    #[command(subcommand)]
+    command: Option<ShareCommand>,
+    /// What to share: BUCKET/KEY, or with --prefix BUCKET/PREFIX (BUCKET/ alone: the whole bucket)
+    #[arg(value_name = "BUCKET/KEY")]
+    target: Option<String>,
+    /// How long the link works: e.g. 30m, 24h, 7d (at most 366d)
+    #[arg(long, default_value = "24h", value_parser = share::parse_expiry)]
+    expires: Duration,
+    /// Share every key under the prefix instead of one object
+    #[arg(long)]
+    prefix: bool,
+    /// The object was put with this key (`put --encrypt-key`): the link carries it in its
+    /// #fragment, which no agent ever sees, so `potluck get LINK` decrypts. Anyone with the
+    /// link can read every object sealed with this key: seal what you share with its own key
+    #[arg(long, value_name = "FILE")]
+    encrypt_key: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+enum ShareCommand {
+    /// List a bucket's share links (ids, what they open, expiry, revoked)
+    Ls {
+        #[arg(value_name = "BUCKET")]
+        bucket: String,
+    },
+    /// Revoke a link by id (from `share ls`); agents refuse it within seconds
+    Revoke {
+        #[arg(value_name = "ID")]
+        id: String,
+    },
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Upload FILE (or stdin) as BUCKET/KEY
@@ -96,11 +150,12 @@ enum Command {
         #[arg(long, env = "POTLUCK_KEY_FILE", value_name = "FILE")]
         encrypt_key: Option<PathBuf>,
     },
-    /// Download BUCKET/KEY into FILE (or stdout)
+    /// Download BUCKET/KEY, or what a share link opens, into FILE (or stdout)
     Get {
-        /// The object to read, e.g. photos/2024/cat.jpg
-        #[arg(value_name = "BUCKET/KEY")]
-        object: ObjectAddr,
+        /// The object to read, e.g. photos/2024/cat.jpg, or a share link from `potluck share`
+        /// (no account needed; a link with #k=... is decrypted here, the key never sent)
+        #[arg(value_name = "BUCKET/KEY|LINK", value_parser = parse_get_target)]
+        object: GetTarget,
         /// File to write (replaced only once the download is complete);
         /// stdout when omitted or "-"
         #[arg(value_name = "FILE|-")]
@@ -146,6 +201,10 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         timeout: u64,
     },
+    /// Make a link that reads BUCKET/KEY (or every key under a prefix) without an account,
+    /// until it expires or is revoked; `share ls BUCKET` and `share revoke ID` manage them.
+    /// Needs the bucket's key
+    Share(ShareArgs),
     /// Content keys for client-side encryption (`put/get --encrypt-key`)
     Key {
         #[command(subcommand)]
@@ -402,6 +461,24 @@ async fn run(cli: Cli) -> Result<()> {
         return key_new(stdio_path(file));
     }
     let credentials = match (&cli.access_key, &cli.secret_key, &cli.credentials) {
+        // A link is its own credential: keys in the environment are not sent with it.
+        _ if matches!(
+            &cli.command,
+            Command::Get {
+                object: GetTarget::Link(_),
+                ..
+            }
+        ) =>
+        {
+            let Command::Get {
+                object: GetTarget::Link(link),
+                ..
+            } = &cli.command
+            else {
+                unreachable!("matched above")
+            };
+            Some(Credentials::share_link(&link.token)?)
+        }
         (Some(id), Some(secret), _) => Some(Credentials::new(id, secret)?),
         (_, _, Some(path)) => Some(Credentials::from_path(path)?),
         _ => None,
@@ -428,10 +505,24 @@ async fn run(cli: Cli) -> Result<()> {
             encrypt_key,
             raw,
         } => {
-            let mode = match encrypt_key {
+            let (object, link_key) = match object {
+                GetTarget::Object(o) => (o, None),
+                GetTarget::Link(l) => {
+                    let l = *l;
+                    (
+                        ObjectAddr {
+                            bucket: l.bucket,
+                            key: l.key,
+                        },
+                        l.content_key,
+                    )
+                }
+            };
+            let mode = match (encrypt_key, link_key) {
                 _ if raw => ReadMode::Raw,
-                Some(path) => ReadMode::Decrypt(ContentKey::read_file(&path)?),
-                None => ReadMode::Refuse,
+                (_, Some(text)) => ReadMode::Decrypt(ContentKey::parse(&text)?),
+                (Some(path), None) => ReadMode::Decrypt(ContentKey::read_file(&path)?),
+                (None, None) => ReadMode::Refuse,
             };
             get(&client, &object, stdio_path(file), range, &mode).await
         }
@@ -442,8 +533,90 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Stat { object } => stat(&client, &object).await,
+        Command::Share(args) => share_command(&client, args).await,
         Command::Dev { .. } | Command::Status { .. } | Command::Key { .. } => {
             unreachable!("handled above")
+        }
+    }
+}
+
+/// `potluck share ...`: make, list or revoke links.
+async fn share_command(client: &Client, args: ShareArgs) -> Result<()> {
+    match args.command {
+        Some(ShareCommand::Ls { bucket }) => {
+            let shares = share::list(client, &bucket).await?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            let mut text = String::new();
+            for s in &shares {
+                let state = if s.revoked {
+                    "revoked"
+                } else if s.expires_unix <= now {
+                    "expired"
+                } else {
+                    "active"
+                };
+                let what = if s.prefix {
+                    format!("{}/{}*", s.bucket, s.path)
+                } else {
+                    format!("{}/{}", s.bucket, s.path)
+                };
+                text.push_str(&format!(
+                    "{}  {:<7}  expires {}  {what}\n",
+                    s.id,
+                    state,
+                    format_unix_ms(s.expires_unix.saturating_mul(1000))
+                ));
+            }
+            std::io::stdout().lock().write_all(text.as_bytes())?;
+            Ok(())
+        }
+        Some(ShareCommand::Revoke { id }) => {
+            let s = share::revoke(client, &id).await?;
+            println!(
+                "revoked {} ({}/{}); agents refuse it once the next cluster map reaches them (seconds)",
+                s.id, s.bucket, s.path
+            );
+            Ok(())
+        }
+        None => {
+            let Some(target) = args.target else {
+                bail!("name what to share: potluck share BUCKET/KEY [--expires 24h] [--prefix]");
+            };
+            let Some((bucket, path)) = target.split_once('/') else {
+                bail!("{target:?} has no key; write BUCKET/KEY (or BUCKET/PREFIX with --prefix)");
+            };
+            if path.is_empty() && !args.prefix {
+                bail!(
+                    "{target:?} has no key; write BUCKET/KEY, or --prefix to share a whole bucket"
+                );
+            }
+            let key = args
+                .encrypt_key
+                .map(|p| ContentKey::read_file(&p))
+                .transpose()?;
+            let (info, link) = share::create(
+                client,
+                bucket,
+                path,
+                args.prefix,
+                args.expires,
+                key.as_ref(),
+            )
+            .await?;
+            eprintln!(
+                "share {} of {}/{}{} until {} (revoke: potluck share revoke {})",
+                info.id,
+                info.bucket,
+                info.path,
+                if info.prefix { "*" } else { "" },
+                format_unix_ms(info.expires_unix.saturating_mul(1000)),
+                info.id
+            );
+            println!("{link}");
+            Ok(())
         }
     }
 }

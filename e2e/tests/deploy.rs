@@ -36,9 +36,11 @@ const OBJECTS: &[&str] = &[
     "daemonset.apps/potluck-agent",
     "service/potluck-agent",
     "service/potluck-gateway",
+    "service/potluck-share",
     "customresourcedefinition.apiextensions.k8s.io/storagepools.potluck.dev",
     "customresourcedefinition.apiextensions.k8s.io/storagenodes.potluck.dev",
     "customresourcedefinition.apiextensions.k8s.io/buckets.potluck.dev",
+    "customresourcedefinition.apiextensions.k8s.io/shares.potluck.dev",
 ];
 
 fn path(rel: &str) -> String {
@@ -96,6 +98,7 @@ fn wait_established(cp: &ControlPlane) {
             "crd/storagepools.potluck.dev",
             "crd/storagenodes.potluck.dev",
             "crd/buckets.potluck.dev",
+            "crd/shares.potluck.dev",
             "--timeout=60s",
         ],
         None,
@@ -233,6 +236,15 @@ fn example_pool_applies_after_the_crds_are_established() {
     );
     let again = cp.kubectl_ok(&["apply", "-f", &path("deploy/examples")], None);
     assert_eq!(again.trim(), "storagepool.potluck.dev/default unchanged");
+    // The optional Ingress for share links is valid against this API server.
+    let ingress = cp.kubectl_ok(
+        &["apply", "--dry-run=server", "-f", &path("deploy/optional")],
+        None,
+    );
+    assert_eq!(
+        ingress.trim(),
+        "ingress.networking.k8s.io/potluck-share created (server dry run)"
+    );
 }
 
 /// `kubectl auth can-i` as `who`: true for "yes", false for "no".
@@ -345,8 +357,15 @@ fn service_accounts_hold_least_privilege_that_suffices() {
             &["create", "leases.coordination.k8s.io", "-n", NS],
             &["update", "leases.coordination.k8s.io", "-n", NS],
             &["patch", "leases.coordination.k8s.io", "-n", NS],
+            &["get", "shares.potluck.dev", "-n", NS],
+            &["list", "shares.potluck.dev", "-n", NS],
+            &["create", "shares.potluck.dev", "-n", NS],
+            &["patch", "shares.potluck.dev", "-n", NS],
         ],
         &[
+            &["delete", "shares.potluck.dev", "-n", NS],
+            &["create", "shares.potluck.dev", "-n", "team-a"],
+            &["create", "buckets.potluck.dev", "-n", "team-a"],
             &[
                 "patch",
                 "storagenodes.potluck.dev",
@@ -433,8 +452,13 @@ fn service_accounts_hold_least_privilege_that_suffices() {
             &["watch", "leases.coordination.k8s.io", "-n", NS],
             &["create", "leases.coordination.k8s.io", "-n", NS],
             &["update", "leases.coordination.k8s.io", "-n", NS],
+            &["list", "shares.potluck.dev", "-n", NS],
+            &["delete", "shares.potluck.dev", "-n", NS],
         ],
         &[
+            &["create", "shares.potluck.dev", "-n", NS],
+            &["patch", "shares.potluck.dev", "-n", NS],
+            &["list", "shares.potluck.dev", "-A"],
             &["list", "secrets", "-A"],
             &["watch", "secrets", "-A"],
             &["update", "secrets", "-n", "team-a"],
@@ -798,7 +822,7 @@ fn workloads_carry_the_names_flags_env_and_ports_the_binaries_expect() {
     assert_eq!(c(&agent, "agent", ".command"), r#"["potluck-agent"]"#);
     assert_eq!(
         c(&agent, "agent", ".args"),
-        r#"["--kubernetes","--listen=0.0.0.0:7100","--metrics-listen=0.0.0.0:9100","--data-dir=/var/lib/potluck","--capacity=$(POTLUCK_CAPACITY)","--advertise=$(POD_IP):7100"]"#
+        r#"["--kubernetes","--listen=0.0.0.0:7100","--metrics-listen=0.0.0.0:9100","--data-dir=/var/lib/potluck","--capacity=$(POTLUCK_CAPACITY)","--advertise=$(POD_IP):7100","--http-listen=0.0.0.0:8080"]"#
     );
     let env: Vec<String> = [
         "NODE_NAME",
@@ -828,7 +852,7 @@ fn workloads_carry_the_names_flags_env_and_ports_the_binaries_expect() {
     );
     assert_eq!(
         c(&agent, "agent", ".ports[*]['name', 'containerPort']"),
-        "grpc metrics 7100 9100"
+        "grpc metrics share-http 7100 9100 8080"
     );
     for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
         assert_eq!(
@@ -872,5 +896,10 @@ fn workloads_carry_the_names_flags_env_and_ports_the_binaries_expect() {
     assert!(
         gateway.ends_with(" potluck-agent grpc:7100->grpc  ") && !gateway.starts_with("None"),
         "{gateway:?}"
+    );
+    let share = svc("potluck-share");
+    assert!(
+        share.ends_with(" potluck-agent http:80->share-http  ") && !share.starts_with("None"),
+        "{share:?}"
     );
 }

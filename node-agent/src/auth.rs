@@ -5,6 +5,12 @@
 //! check is: find the key by id, hash what was sent, compare hashes. `blake3::Hash` compares
 //! in constant time, so the time taken says nothing about how much of a secret was right.
 //!
+//! A share link's holder sends `authorization: Share <token>` instead (`potluck_format::share`):
+//! the token names the access key that signed it, so the check is the same lookup, a keyed
+//! BLAKE3 MAC with a key derived from that key's secret hash, the expiry against this agent's
+//! clock and the grant id against the map's revocations. Such a caller may only read (get,
+//! stat) what the grant covers, and list within a prefix grant.
+//!
 //! Authentication happens before anything is read from a request's body; authorisation once
 //! the bucket is known (for a put, after its header). Sent credentials are always checked,
 //! even when the map does not require them: a client with a wrong key should hear so rather
@@ -13,6 +19,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use potluck_format::share::{self, Grant};
 use potluck_proto::v1 as pb;
 use tonic::metadata::MetadataMap;
 use tonic::Status;
@@ -42,6 +49,8 @@ struct Index {
     keys: HashMap<String, Key>,
     /// Bucket name to its pool.
     pools: HashMap<String, String>,
+    /// Share grant ids revoked before their expiry.
+    revoked: HashMap<[u8; 16], String>,
 }
 
 impl Index {
@@ -82,11 +91,17 @@ impl Index {
             tracing::warn!(bucket = %name, "the map lists a bucket twice; refusing its keys");
             keys.retain(|_, k| k.bucket != name);
         }
+        let revoked = map
+            .revoked_shares
+            .iter()
+            .filter_map(|r| Some((<[u8; 16]>::try_from(r.id.as_ref()).ok()?, r.bucket.clone())))
+            .collect();
         Self {
             epoch: map.epoch,
             require_auth: map.require_auth,
             keys,
             pools,
+            revoked,
         }
     }
 }
@@ -97,11 +112,61 @@ pub struct Authenticator {
     index: Mutex<Arc<Index>>,
 }
 
-/// An authenticated caller: the key it presented, if any.
+/// An authenticated caller: the key it presented, if any, or the share grant.
 pub struct Caller {
     index: Arc<Index>,
     /// The access key id, when one was presented and checked.
     key: Option<String>,
+    /// The verified, unexpired, unrevoked grant of a share link's holder.
+    grant: Option<Grant>,
+}
+
+/// Seconds since the Unix epoch by this agent's clock.
+pub fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn share_status(e: share::TokenError) -> Status {
+    match e {
+        share::TokenError::BadSignature => Status::permission_denied(e.to_string()),
+        _ => Status::unauthenticated(e.to_string()),
+    }
+}
+
+/// Checks a share token against `index` at `now` (unix seconds).
+fn check_token(index: &Index, token: &str, now: u64) -> Result<Grant, Status> {
+    let unverified = share::parse(token).map_err(share_status)?;
+    let claimed = unverified.grant();
+    let Some(key) = index.keys.get(&claimed.access_key_id) else {
+        return Err(Status::permission_denied(format!(
+            "this share link was signed with access key {:?}, which this fleet does not know: \
+             the link belongs to another fleet, or its bucket's key was rotated or the bucket \
+             deleted; ask the owner for a new link",
+            claimed.access_key_id
+        )));
+    };
+    if key.bucket != claimed.bucket {
+        return Err(share_status(share::TokenError::BadSignature));
+    }
+    let secret_hash = *key.secret_blake3.as_bytes();
+    let grant = unverified.verify(&secret_hash).map_err(share_status)?;
+    if grant.expires_unix <= now {
+        return Err(Status::permission_denied(format!(
+            "this share link expired at unix time {} ({} s ago); ask the owner for a new link",
+            grant.expires_unix,
+            now - grant.expires_unix
+        )));
+    }
+    if index.revoked.contains_key(&grant.id) {
+        return Err(Status::permission_denied(format!(
+            "this share link (grant {}) was revoked by its owner; ask the owner for a new link",
+            grant.id_hex()
+        )));
+    }
+    Ok(grant)
 }
 
 impl Authenticator {
@@ -127,10 +192,22 @@ impl Authenticator {
                     "this fleet requires credentials and the call carried none: {HOW_TO_SEND}"
                 )));
             }
-            return Ok(Caller { index, key: None });
+            return Ok(Caller {
+                index,
+                key: None,
+                grant: None,
+            });
         };
         let text = value.to_str().map_err(|_| malformed())?;
         let (scheme, credentials) = text.trim().split_once(' ').ok_or_else(malformed)?;
+        if scheme.eq_ignore_ascii_case("share") {
+            let grant = check_token(&index, credentials.trim(), now_unix())?;
+            return Ok(Caller {
+                index,
+                key: None,
+                grant: Some(grant),
+            });
+        }
         if !scheme.eq_ignore_ascii_case("bearer") {
             return Err(malformed());
         }
@@ -149,7 +226,13 @@ impl Authenticator {
         Ok(Caller {
             key: Some(id.to_owned()),
             index,
+            grant: None,
         })
+    }
+
+    /// The grant of a share token presented outside gRPC (the HTTP endpoint).
+    pub fn grant(&self, view: &MapView, token: &str) -> Result<Grant, Status> {
+        check_token(&self.index(view), token, now_unix())
     }
 }
 
@@ -160,9 +243,100 @@ fn malformed() -> Status {
 }
 
 impl Caller {
+    /// Whether the caller may read object `key` of `bucket` in `pool` (get, stat): what
+    /// [`Caller::authorize`] allows, and to a share link's holder what its grant covers.
+    pub fn authorize_read(&self, bucket: &str, key: &str, pool: &mut String) -> Result<(), Status> {
+        match &self.grant {
+            Some(g) => {
+                self.fill_pool(bucket, pool);
+                if g.bucket != bucket || !g.covers_key(key) {
+                    return Err(Status::permission_denied(format!(
+                        "this share link opens only {} in bucket {:?}, not {bucket}/{key}",
+                        describe(g),
+                        g.bucket
+                    )));
+                }
+                self.grant_pool(g, pool)
+            }
+            None => self.authorize(bucket, pool),
+        }
+    }
+
+    /// Whether the caller may list `bucket` under `prefix`: a share link's holder only within
+    /// a prefix grant.
+    pub fn authorize_list(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        pool: &mut String,
+    ) -> Result<(), Status> {
+        match &self.grant {
+            Some(g) => {
+                self.fill_pool(bucket, pool);
+                if g.bucket != bucket || !g.covers_listing(prefix) {
+                    return Err(Status::permission_denied(format!(
+                        "this share link lists only within {} in bucket {:?}; ask for a listing \
+                         under that prefix",
+                        describe(g),
+                        g.bucket
+                    )));
+                }
+                self.grant_pool(g, pool)
+            }
+            None => self.authorize(bucket, pool),
+        }
+    }
+
+    /// The grant this caller holds, if it came with a share link.
+    pub fn share_grant(&self) -> Option<&Grant> {
+        self.grant.as_ref()
+    }
+
+    /// The access key and its secret's hash, for signing share grants of the caller's
+    /// bucket: only a caller that presented its bucket's key may create or revoke links.
+    pub fn signing_key(&self, bucket: &str) -> Result<(String, [u8; 32]), Status> {
+        let Some(id) = &self.key else {
+            return Err(Status::unauthenticated(format!(
+                "creating, listing or revoking share links needs the bucket's key: {HOW_TO_SEND}"
+            )));
+        };
+        let mut pool = String::new();
+        self.authorize(bucket, &mut pool)?;
+        let key = self.index.keys.get(id).ok_or_else(|| {
+            Status::unauthenticated(format!("access key id {id:?} is no longer granted"))
+        })?;
+        Ok((id.clone(), *key.secret_blake3.as_bytes()))
+    }
+
+    fn fill_pool(&self, bucket: &str, pool: &mut String) {
+        if pool.is_empty() {
+            if let Some(bound) = self.index.pools.get(bucket) {
+                pool.clone_from(bound);
+            }
+        }
+    }
+
+    fn grant_pool(&self, g: &Grant, pool: &str) -> Result<(), Status> {
+        let bound = self.index.pools.get(&g.bucket);
+        if bound.map(String::as_str) != Some(validate::pool_name(pool)) {
+            return Err(Status::permission_denied(format!(
+                "bucket {:?} of this share link is in pool {:?}; leave the pool empty",
+                g.bucket,
+                bound.map(String::as_str).unwrap_or("(none)")
+            )));
+        }
+        Ok(())
+    }
+
     /// Whether the caller may use `bucket` in `pool`. An empty `pool` becomes the pool the
-    /// bucket is bound to, when it has one, so that clients need not know it.
+    /// bucket is bound to, when it has one, so that clients need not know it. A share link
+    /// opens nothing here: writes, deletes and whole-bucket calls need a key.
     pub fn authorize(&self, bucket: &str, pool: &mut String) -> Result<(), Status> {
+        if self.grant.is_some() {
+            return Err(Status::permission_denied(
+                "a share link only reads what it names; this call needs the bucket's key",
+            ));
+        }
         if pool.is_empty() {
             if let Some(bound) = self.index.pools.get(bucket) {
                 pool.clone_from(bound);
@@ -191,6 +365,14 @@ impl Caller {
             )));
         }
         Ok(())
+    }
+}
+
+fn describe(g: &Grant) -> String {
+    if g.prefix {
+        format!("keys under {:?}", g.path)
+    } else {
+        format!("object {:?}", g.path)
     }
 }
 

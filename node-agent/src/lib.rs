@@ -22,6 +22,8 @@ pub mod scrub;
 pub mod server;
 pub mod shard_service;
 pub mod shard_store;
+pub mod share_http;
+pub mod shares;
 pub mod throttle;
 
 // Pure decoders and checks live in `potluck-format` (fuzzed without RocksDB); re-exported

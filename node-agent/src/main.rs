@@ -77,6 +77,15 @@ struct Args {
     /// turns the cache off.
     #[arg(long, default_value = "256MiB", value_parser = parse_size)]
     stripe_cache: u64,
+    /// Address of the HTTP endpoint serving share links (`GET /s/<token>`, ranges honoured) to
+    /// browsers and curl; off when not set.
+    #[arg(long, env = "POTLUCK_HTTP_LISTEN")]
+    http_listen: Option<SocketAddr>,
+    /// Base URL clients reach the HTTP endpoint at (e.g. https://files.example.org through an
+    /// Ingress), put in front of `/s/<token>` in the links CreateShare returns; defaults to
+    /// http://<bound --http-listen address>.
+    #[arg(long, env = "POTLUCK_HTTP_PUBLIC_URL")]
+    http_public_url: Option<String>,
     /// Testing only: delay every shard this agent serves to peers, like a slow disk or link.
     #[arg(long, default_value_t = 0, hide = true)]
     inject_serve_delay_ms: u64,
@@ -186,6 +195,25 @@ async fn main() -> anyhow::Result<()> {
         },
     };
     let agent = Agent::bind(cfg).await.context("agent failed to start")?;
+    let http_task = match args.http_listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on --http-listen {addr}"))?;
+            let bound = listener.local_addr()?;
+            let url = args
+                .http_public_url
+                .clone()
+                .unwrap_or_else(|| format!("http://{bound}"));
+            agent.node.sharing.set_public_url(url);
+            tracing::info!(http = %bound, "serving share links over HTTP");
+            Some(tokio::spawn(potluck_agent::share_http::serve(
+                listener,
+                agent.node.clone(),
+            )))
+        }
+        None => None,
+    };
     let lease_task = if args.kubernetes {
         let endpoint = match &args.advertise {
             Some(a) => a.clone(),
@@ -223,6 +251,10 @@ async fn main() -> anyhow::Result<()> {
         config.connect_timeout = Some(deadline);
         let client = kube::Client::try_from(config)
             .context("cannot build a Kubernetes client from the configuration")?;
+        agent
+            .node
+            .sharing
+            .set_kubernetes(client.clone(), &args.namespace);
         let registration = Registration::register(client, settings, agent.node.metrics.clone())
             .await
             .context("registering with Kubernetes failed")?;
@@ -244,6 +276,9 @@ async fn main() -> anyhow::Result<()> {
         shutdown_signal().await;
         // A stopping member stops vouching for itself at once.
         if let Some(task) = lease_task {
+            task.abort();
+        }
+        if let Some(task) = http_task {
             task.abort();
         }
     };

@@ -102,6 +102,8 @@ pub struct Node {
     pub shard_latency: crate::gateway::hedge::LatencyTracker,
     /// Stripes recently read through this agent.
     pub stripe_cache: crate::gateway::stripe_cache::StripeCache,
+    /// Where share grants are recorded and where links point (set at start-up).
+    pub sharing: crate::shares::Sharing,
     store_slots: Semaphore,
 }
 
@@ -141,6 +143,7 @@ impl Node {
             recovery: crate::recovery::RecoveryState::default(),
             shard_latency: Default::default(),
             stripe_cache: crate::gateway::stripe_cache::StripeCache::new(tuning.stripe_cache_bytes),
+            sharing: Default::default(),
             tuning,
             started: Instant::now(),
         }

@@ -138,6 +138,9 @@ impl Agent {
             .build_v1()
             .map_err(|e| AgentError::Reflection(e.to_string()))?;
 
+        let share_service = pb::share_service_server::ShareServiceServer::new(
+            crate::shares::ShareServer::new(node.clone()),
+        );
         let objects = ObjectServiceServer::new(Gateway::new(node.clone()))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -175,6 +178,7 @@ impl Agent {
             .add_service(health_service)
             .add_service(reflection)
             .add_service(objects)
+            .add_service(share_service)
             .add_service(shards)
             .add_service(control)
             // Our own listener (bound early to print the real port), so

@@ -286,6 +286,8 @@ pub fn next_map(
         // Filled in by `with_access`; `next_map` decides placement only.
         buckets: Vec::new(),
         require_auth: false,
+        // Filled in by `shares::with_revocations`.
+        revoked_shares: Vec::new(),
     })
 }
 

@@ -37,6 +37,7 @@ use crate::membership::{map_state, next_phase, RenewalClock, Timing};
 use crate::metrics::Metrics;
 use crate::pool_status::{pool_status, transitions, AgentReport, PoolInputs};
 use crate::recovering;
+use crate::shares;
 
 /// Held by every StoragePool so that deleting one first takes it out of the map.
 pub const FINALIZER: &str = "potluck.dev/cluster-map";
@@ -199,6 +200,7 @@ impl Context {
             .await?
             .items;
         let bucket_list = bucket_controller::list_buckets(&self.client).await?;
+        let share_list = shares::list(&self.client, &self.namespace).await?;
         if !fleet.loaded {
             fleet.stored = self.store.load().await?;
             fleet.loaded = true;
@@ -328,6 +330,14 @@ impl Context {
             self.require_auth,
             now_ms,
         )?;
+        let now_unix = now_ms / 1000;
+        let next = shares::with_revocations(
+            next,
+            previous,
+            shares::revoked(&share_list, now_unix),
+            now_ms,
+        )?;
+        shares::collect_expired(&self.client, &self.namespace, &share_list, now_unix).await;
         if previous.map(|m| m.epoch) != Some(next.epoch) {
             let rv = fleet.stored.as_ref().map(|s| s.resource_version.clone());
             let pending = match &fleet.stored {

@@ -15,3 +15,4 @@ pub mod membership;
 pub mod metrics;
 pub mod pool_status;
 pub mod recovering;
+pub mod shares;

@@ -1,7 +1,7 @@
 //! ObjectService: any agent is a gateway that encodes, fans out, gathers and
 //! decodes on behalf of clients.
 
-mod get;
+pub(crate) mod get;
 pub mod hedge;
 mod list;
 pub mod manifests;
@@ -137,7 +137,7 @@ impl ObjectService for Gateway {
         let r = async {
             let caller = self.caller(&req)?;
             let mut req = req.into_inner();
-            caller.authorize(&req.bucket, &mut req.pool)?;
+            caller.authorize_read(&req.bucket, &req.key, &mut req.pool)?;
             get::get_object(self.node.clone(), req).await
         }
         .await;
@@ -153,7 +153,7 @@ impl ObjectService for Gateway {
         let r = async {
             let caller = self.caller(&req)?;
             let mut req = req.into_inner();
-            caller.authorize(&req.bucket, &mut req.pool)?;
+            caller.authorize_read(&req.bucket, &req.key, &mut req.pool)?;
             self.live(&req.bucket, &req.key, &req.pool)
                 .await
                 .map(|(_, _, m)| info_of(&m))
@@ -205,7 +205,7 @@ impl ObjectService for Gateway {
         let r = async {
             let caller = self.caller(&req)?;
             let mut req = req.into_inner();
-            caller.authorize(&req.bucket, &mut req.pool)?;
+            caller.authorize_list(&req.bucket, &req.prefix, &mut req.pool)?;
             list::list_objects(&self.node, req).await
         }
         .await;
