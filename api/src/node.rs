@@ -116,6 +116,49 @@ pub struct StorageNodeSpec {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     #[schemars(extend("default" = false))]
     pub drain: bool,
+
+    /// Set to true to revoke this member's certificate: the operator lists its serial in the
+    /// cluster map (every agent then refuses it), marks the member Out and signs nothing more
+    /// for it. Set back to false and restart the agent to let it ask for a new certificate.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[schemars(extend("default" = false))]
+    pub revoke_certificate: bool,
+}
+
+/// A member's certificate, asked for by its agent and signed by the operator. The key never
+/// leaves the member: the agent publishes a CSR, the operator answers with a certificate.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberCertificate {
+    /// The agent's certificate signing request (PEM). Only its public key is used: names
+    /// and usages are the operator's decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub csr: Option<String>,
+
+    /// BLAKE3 (hex) of the CSR the certificate below answers; the agent waits for its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed_csr: Option<String>,
+
+    /// The member's certificate (PEM), signed by the cluster CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<String>,
+
+    /// The cluster CA's certificate (PEM): what the member trusts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_certificate: Option<String>,
+
+    /// Serial of the certificate (hex), as revocations name it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+
+    /// When the certificate stops being valid; the agent asks again after 2/3 of its life.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<Time>,
+
+    /// Serials (hex) of this member's certificates revoked through `spec.revokeCertificate`;
+    /// the operator lists them in every cluster map.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub revoked_serials: Vec<String>,
 }
 
 /// What the operator (phase) and the agent (usage, version, conditions) report of a member.
@@ -150,6 +193,10 @@ pub struct StorageNodeStatus {
     /// `metadata.generation` of the spec this status was computed from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+
+    /// The member's TLS certificate: the agent's request and the operator's answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<MemberCertificate>,
 }
 
 /// Where a member is in its life in the fleet.
@@ -200,6 +247,7 @@ mod tests {
             capacity_bytes: 1 << 40,
             failure_domain: "rack-1".into(),
             drain: false,
+            revoke_certificate: false,
         }
     }
 
@@ -231,6 +279,7 @@ mod tests {
             agent_version: Some("0.1.0".into()),
             conditions: vec![],
             observed_generation: Some(3),
+            tls: None,
         };
         let value = serde_json::to_value(&status).unwrap();
         assert_eq!(value["phase"], "Draining");

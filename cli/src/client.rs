@@ -193,6 +193,10 @@ pub struct ClientOptions {
     /// Deadline of unary calls (stat, delete, list). Transfers have none:
     /// their duration depends on the object size.
     pub request_timeout: Option<Duration>,
+    /// The certificate this client presents and the CA it trusts; `Some`
+    /// connects with mutual TLS (every endpoint becomes https), `None` with
+    /// plaintext, which a fleet with TLS refuses.
+    pub tls: Option<potluck_tls::Material>,
 }
 
 impl Default for ClientOptions {
@@ -200,6 +204,7 @@ impl Default for ClientOptions {
         Self {
             pool: String::new(),
             credentials: None,
+            tls: None,
             connect_timeout: Duration::from_secs(5),
             request_timeout: Some(Duration::from_secs(60)),
         }
@@ -347,12 +352,8 @@ pub fn normalize_endpoint(endpoint: &str) -> Result<String, ClientError> {
     }
     let uri = match trimmed.split_once("://") {
         Some(("http", rest)) if !rest.is_empty() => trimmed.to_string(),
-        Some(("https", _)) => {
-            return Err(invalid(
-                "https is not supported by this client yet; use http://HOST:PORT",
-            ))
-        }
-        Some(_) => return Err(invalid("expected http://HOST:PORT")),
+        Some(("https", rest)) if !rest.is_empty() => trimmed.to_string(),
+        Some(_) => return Err(invalid("expected http://HOST:PORT or https://HOST:PORT")),
         None => format!("http://{trimmed}"),
     };
     uri.parse::<tonic::codegen::http::Uri>()
@@ -537,15 +538,34 @@ impl Client {
                 reason: "no endpoint given".to_string(),
             });
         }
-        let uris = endpoints
+        let mut uris = endpoints
             .iter()
             .map(|e| normalize_endpoint(e.as_ref()))
             .collect::<Result<Vec<_>, _>>()?;
+        match &options.tls {
+            // With a certificate every connection is TLS, whatever scheme was typed.
+            Some(_) => {
+                for uri in &mut uris {
+                    if let Some(rest) = uri.strip_prefix("http://") {
+                        *uri = format!("https://{rest}");
+                    }
+                }
+            }
+            None => {
+                if let Some(uri) = uris.iter().find(|u| u.starts_with("https://")) {
+                    return Err(ClientError::InvalidEndpoint {
+                        endpoint: uri.clone(),
+                        reason: "https needs this client's certificate: pass --tls-dir (or set POTLUCK_TLS_DIR) to a directory with ca.pem, cert.pem and key.pem".to_string(),
+                    });
+                }
+            }
+        }
         let attempts = uris.iter().map(|uri| {
             let uri = uri.clone();
             let timeout = options.connect_timeout;
+            let tls = options.tls.clone();
             async move {
-                let result = connect_one(&uri, timeout).await;
+                let result = connect_one(&uri, timeout, tls.as_ref()).await;
                 (uri, result)
             }
         });
@@ -1034,9 +1054,20 @@ impl Client {
     }
 }
 
-async fn connect_one(uri: &str, timeout: Duration) -> Result<Channel, String> {
-    let endpoint = Endpoint::from_shared(uri.to_string())
-        .map_err(|e| error_chain(&e))?
+/// A channel to one agent. Over TLS the agent must prove it is a member of
+/// the cluster (any member: a gateway address says nothing about which).
+pub async fn connect_one(
+    uri: &str,
+    timeout: Duration,
+    tls: Option<&potluck_tls::Material>,
+) -> Result<Channel, String> {
+    let mut endpoint = Endpoint::from_shared(uri.to_string()).map_err(|e| error_chain(&e))?;
+    if let Some(m) = tls {
+        endpoint = endpoint
+            .tls_config(potluck_tls::client_config(m, potluck_tls::AGENT_NAME))
+            .map_err(|e| error_chain(&e))?;
+    }
+    let endpoint = endpoint
         .connect_timeout(timeout)
         .tcp_nodelay(true)
         .initial_stream_window_size(STREAM_WINDOW)
@@ -1138,10 +1169,7 @@ mod tests {
             normalize_endpoint(""),
             Err(ClientError::InvalidEndpoint { .. })
         ));
-        assert!(matches!(
-            normalize_endpoint("https://x:1"),
-            Err(ClientError::InvalidEndpoint { .. })
-        ));
+        assert_eq!(normalize_endpoint("https://x:1").unwrap(), "https://x:1");
         assert!(matches!(
             normalize_endpoint("ftp://x:1"),
             Err(ClientError::InvalidEndpoint { .. })

@@ -258,6 +258,12 @@ impl DevCluster {
             .arg("--agent-timeout-secs")
             .arg("2")
             .arg(format!("--require-auth={}", self.cfg.require_auth))
+            .args(
+                self.fleet
+                    .admin_tls_dir()
+                    .map(|d| vec!["--tls-dir".into(), d.into_os_string()])
+                    .unwrap_or_default(),
+            )
             .env("KUBECONFIG", &self.cfg.kubeconfig)
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())

@@ -73,6 +73,8 @@ pub enum FleetError {
         line: String,
         reason: String,
     },
+    #[error("TLS files of the fleet: {0}")]
+    Tls(#[from] potluck_tls::TlsError),
     #[error("cannot build the cluster map: {0}")]
     Map(MapError),
     #[error("cannot push the cluster map to {id} at {addr}: {message}")]
@@ -130,6 +132,13 @@ pub struct FleetConfig {
     /// Agents (by index) started differently from the rest; the others use
     /// [`AgentOptions::default`].
     pub agent_options: BTreeMap<usize, AgentOptions>,
+    /// Mutual TLS between agents, the fleet and clients (on by default): the
+    /// fleet is the admin holding the cluster CA, and issues every agent, a
+    /// client and itself a certificate under `<dir>/tls/`.
+    pub tls: bool,
+    /// Where the CA lives (`ca.pem`, `ca-key.pem`; made if absent). `None` is
+    /// `<dir>/tls/ca`; tests share one CA across fleets with it.
+    pub tls_ca_dir: Option<PathBuf>,
 }
 
 /// How one agent is started, where it differs from the fleet's defaults: on another address,
@@ -181,6 +190,8 @@ impl FleetConfig {
             own_process_group: false,
             kubernetes: None,
             agent_options: BTreeMap::new(),
+            tls: true,
+            tls_ca_dir: None,
         }
     }
 
@@ -391,6 +402,8 @@ struct Agent {
     grpc: SocketAddr,
     metrics: SocketAddr,
     state: MemberState,
+    /// Serial of the certificate issued at its latest start.
+    cert_serial: Option<Vec<u8>>,
 }
 
 /// A running local fleet. Index `i` is agent `agent-<i>` throughout.
@@ -398,6 +411,46 @@ pub struct Fleet {
     cfg: FleetConfig,
     agents: Vec<Agent>,
     map: ClusterMap,
+    tls: Option<FleetTls>,
+    /// Certificate serials every map from now on lists as revoked.
+    revoked: Vec<Vec<u8>>,
+}
+
+/// The fleet's CA and the certificates it holds for itself and hands to users.
+struct FleetTls {
+    ca: potluck_tls::ClusterCa,
+    /// Operator role: pushes maps.
+    admin: potluck_tls::Material,
+}
+
+/// How long the certificates a local fleet issues last. Long enough for any
+/// session; a restart of the fleet issues fresh ones.
+const FLEET_CERT_VALIDITY: Duration = Duration::from_secs(90 * 86_400);
+
+/// The fleet's CA from `dir`, made there on first use.
+pub fn load_or_create_ca(dir: &Path) -> Result<potluck_tls::ClusterCa, FleetError> {
+    let (cert, key) = (dir.join("ca.pem"), dir.join("ca-key.pem"));
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |error| FleetError::Io { path, error }
+    };
+    if cert.exists() && key.exists() {
+        let cert_pem = std::fs::read_to_string(&cert).map_err(io(&cert))?;
+        let key_pem = std::fs::read_to_string(&key).map_err(io(&key))?;
+        return Ok(potluck_tls::ClusterCa::from_pem(&cert_pem, &key_pem)?);
+    }
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let ca = potluck_tls::ClusterCa::generate("local fleet")?;
+    let tmp = dir.join(".ca-key.pem.tmp");
+    std::fs::write(&tmp, ca.key_pem()).map_err(io(&tmp))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).map_err(io(&tmp))?;
+    }
+    std::fs::rename(&tmp, &key).map_err(io(&key))?;
+    std::fs::write(&cert, ca.cert_pem()).map_err(io(&cert))?;
+    Ok(ca)
 }
 
 impl fmt::Debug for Fleet {
@@ -440,10 +493,32 @@ impl Fleet {
             path: cfg.dir.clone(),
             error,
         })?;
+        let tls = if cfg.tls {
+            let ca_dir = cfg
+                .tls_ca_dir
+                .clone()
+                .unwrap_or_else(|| cfg.dir.join("tls").join("ca"));
+            let ca = load_or_create_ca(&ca_dir)?;
+            let (admin, _) =
+                ca.issue_material(&potluck_tls::Subject::Operator, FLEET_CERT_VALIDITY)?;
+            admin.write_dir(&cfg.dir.join("tls").join("admin"))?;
+            let (client, _) = ca.issue_material(
+                &potluck_tls::Subject::Client {
+                    name: "local".into(),
+                },
+                FLEET_CERT_VALIDITY,
+            )?;
+            client.write_dir(&cfg.dir.join("tls").join("client"))?;
+            Some(FleetTls { ca, admin })
+        } else {
+            None
+        };
         let mut fleet = Fleet {
             agents: Vec::with_capacity(cfg.agents),
             map: ClusterMap::default(),
             cfg,
+            tls,
+            revoked: Vec::new(),
         };
         let placeholder = SocketAddr::from(([127, 0, 0, 1], 0));
         let mut stdouts = Vec::with_capacity(fleet.cfg.agents);
@@ -457,6 +532,7 @@ impl Fleet {
                 grpc: placeholder,
                 metrics: placeholder,
                 state: MemberState::Up,
+                cert_serial: None,
             };
             fleet.agents.push(agent);
             let stdout = fleet.spawn(i)?;
@@ -514,6 +590,19 @@ impl Fleet {
         .map_err(io_err)?;
         let options = cfg.agent_options(index);
         let ip = options.listen_ip.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        let tls_dir = cfg.dir.join("tls").join(&agent.id);
+        if let Some(tls) = &self.tls {
+            // Issued on every start: a restarted agent gets a fresh certificate.
+            let (material, issued) = tls.ca.issue_material(
+                &potluck_tls::Subject::Member {
+                    id: agent.id.clone(),
+                    ips: vec![ip],
+                },
+                FLEET_CERT_VALIDITY,
+            )?;
+            material.write_dir(&tls_dir)?;
+            agent.cert_serial = Some(issued.serial);
+        }
         let (program, mut command) = match options.command_prefix.split_first() {
             Some((program, args)) => {
                 let mut c = Command::new(program);
@@ -543,6 +632,9 @@ impl Fleet {
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
             .kill_on_drop(true);
+        if self.tls.is_some() {
+            command.arg("--tls-dir").arg(&tls_dir);
+        }
         if let Some(kube) = &cfg.kubernetes {
             command
                 .arg("--kubernetes")
@@ -649,7 +741,7 @@ impl Fleet {
             .agents
             .iter()
             .filter(|a| a.child.is_some())
-            .map(|a| fetch_map(a.grpc));
+            .map(|a| fetch_map(&a.id, a.grpc, self.admin_tls()));
         futures::future::join_all(fetches)
             .await
             .into_iter()
@@ -674,12 +766,36 @@ impl Fleet {
     fn build_map(&self, previous: Option<&ClusterMap>) -> Result<ClusterMap, FleetError> {
         let members = self.member_specs();
         let pools = self.cfg.effective_pools();
-        Ok(cluster_map::next_map(
-            previous,
-            &members,
-            &pools,
-            now_unix_ms(),
-        )?)
+        let mut map = cluster_map::next_map(previous, &members, &pools, now_unix_ms())?;
+        let revoked: Vec<_> = self
+            .revoked
+            .iter()
+            .map(|s| tonic::codegen::Bytes::copy_from_slice(s))
+            .collect();
+        if map.revoked_certificates != revoked {
+            // `next_map` keeps the epoch when placement is unchanged, but agents take only
+            // newer epochs: a revocation alone must mint one.
+            if previous.is_some_and(|p| p.epoch == map.epoch) {
+                map.epoch += 1;
+                map.created_unix_ms = now_unix_ms();
+            }
+            map.revoked_certificates = revoked;
+        }
+        Ok(map)
+    }
+
+    /// Serial of the certificate agent `index` got at its latest start, if TLS is on.
+    pub fn agent_cert_serial(&self, index: usize) -> Option<&[u8]> {
+        self.agents.get(index)?.cert_serial.as_deref()
+    }
+
+    /// Lists `serial` as revoked in every map from the next push on: agents then refuse
+    /// calls made with that certificate. Revoking a member's certificate does not move its
+    /// data; mark it Out too ([`Fleet::set_state`]) so the others stop placing data on it.
+    pub fn revoke_certificate(&mut self, serial: Vec<u8>) {
+        if !self.revoked.contains(&serial) {
+            self.revoked.push(serial);
+        }
     }
 
     /// Pushes `self.map` to every running agent, all at once.
@@ -688,7 +804,7 @@ impl Fleet {
             .agents
             .iter()
             .filter(|a| a.child.is_some())
-            .map(|a| push_map_to(&a.id, a.grpc, &self.map));
+            .map(|a| push_map_to(&a.id, a.grpc, &self.map, self.admin_tls()));
         let results = futures::future::join_all(pushes).await;
         results.into_iter().collect::<Result<Vec<()>, _>>()?;
         Ok(())
@@ -742,13 +858,22 @@ impl Fleet {
         self.agents
             .iter()
             .filter(|a| a.child.is_some())
-            .map(|a| format!("http://{}", a.grpc))
+            .map(|a| format!("{}://{}", self.scheme(), a.grpc))
             .collect()
     }
 
-    /// `http://ADDR:P` of agent `index`, running or not. Panics if out of range.
+    /// `https://ADDR:P` (`http` without TLS) of agent `index`, running or not. Panics if
+    /// out of range.
     pub fn endpoint(&self, index: usize) -> String {
-        format!("http://{}", self.agents[index].grpc)
+        format!("{}://{}", self.scheme(), self.agents[index].grpc)
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
     }
 
     /// gRPC address of agent `index` (its latest, if restarted). Panics if out of range.
@@ -873,6 +998,7 @@ impl Fleet {
             grpc: SocketAddr::from(([127, 0, 0, 1], 0)),
             metrics: SocketAddr::from(([127, 0, 0, 1], 0)),
             state: MemberState::Up,
+            cert_serial: None,
         });
         let stdout = self.spawn(index)?;
         let deadline = tokio::time::Instant::now() + self.cfg.ready_timeout;
@@ -887,7 +1013,55 @@ impl Fleet {
 
     /// A client over every running agent, in the fleet's default pool.
     pub async fn client(&self) -> Result<Client, ClientError> {
-        Client::connect(&self.endpoints()).await
+        let options = crate::client::ClientOptions {
+            tls: self
+                .client_tls()
+                .transpose()
+                .map_err(|e| ClientError::InvalidEndpoint {
+                    endpoint: String::new(),
+                    reason: e.to_string(),
+                })?,
+            ..Default::default()
+        };
+        Client::connect_with(&self.endpoints(), options).await
+    }
+
+    /// The certificate the fleet pushes maps with (operator role), if TLS is on.
+    fn admin_tls(&self) -> Option<&potluck_tls::Material> {
+        self.tls.as_ref().map(|t| &t.admin)
+    }
+
+    /// The fleet's own certificate (operator role): what an operator started
+    /// next to the fleet calls agents with, if TLS is on.
+    pub fn admin_tls_dir(&self) -> Option<PathBuf> {
+        self.tls
+            .as_ref()
+            .map(|_| self.cfg.dir.join("tls").join("admin"))
+    }
+
+    /// Where a user's client certificate is (`potluck --tls-dir`), if TLS is on.
+    pub fn client_tls_dir(&self) -> Option<PathBuf> {
+        self.tls
+            .as_ref()
+            .map(|_| self.cfg.dir.join("tls").join("client"))
+    }
+
+    /// Where agent `index`'s certificate is; replacing the files renews it.
+    pub fn agent_tls_dir(&self, index: usize) -> Option<PathBuf> {
+        self.tls
+            .as_ref()
+            .map(|_| self.cfg.dir.join("tls").join(self.id(index)))
+    }
+
+    /// The client certificate files, read.
+    pub fn client_tls(&self) -> Option<Result<potluck_tls::Material, potluck_tls::TlsError>> {
+        self.client_tls_dir()
+            .map(|d| potluck_tls::Material::read_dir(&d))
+    }
+
+    /// The fleet's CA, to issue more certificates (tests, drills), if TLS is on.
+    pub fn ca(&self) -> Option<&potluck_tls::ClusterCa> {
+        self.tls.as_ref().map(|t| &t.ca)
     }
 
     /// Stops every agent cleanly (SIGTERM, all at once) and waits for them.
@@ -1026,11 +1200,24 @@ async fn drain_to_log<R: AsyncRead + Unpin>(mut reader: BufReader<R>, log_path: 
     }
 }
 
-async fn control_client(addr: SocketAddr) -> Result<AgentControlClient<Channel>, String> {
-    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| e.to_string())?
-        .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true);
+async fn control_client(
+    id: &str,
+    addr: SocketAddr,
+    tls: Option<&potluck_tls::Material>,
+) -> Result<AgentControlClient<Channel>, String> {
+    let endpoint = match tls {
+        Some(m) => Endpoint::from_shared(format!("https://{addr}"))
+            .and_then(|e| {
+                e.tls_config(potluck_tls::client_config(
+                    m,
+                    &potluck_tls::member_server_name(id),
+                ))
+            })
+            .map_err(|e| e.to_string())?,
+        None => Endpoint::from_shared(format!("http://{addr}")).map_err(|e| e.to_string())?,
+    }
+    .connect_timeout(Duration::from_secs(2))
+    .tcp_nodelay(true);
     match tokio::time::timeout(Duration::from_secs(5), endpoint.connect()).await {
         Ok(Ok(channel)) => Ok(AgentControlClient::new(channel)
             .max_decoding_message_size(crate::client::MAX_MESSAGE_SIZE)
@@ -1050,9 +1237,13 @@ fn backoff(attempt: u32) -> Duration {
 }
 
 /// The agent's current map, if it has one and answers.
-async fn fetch_map(addr: SocketAddr) -> Option<ClusterMap> {
+async fn fetch_map(
+    id: &str,
+    addr: SocketAddr,
+    tls: Option<&potluck_tls::Material>,
+) -> Option<ClusterMap> {
     for attempt in 0..3 {
-        if let Ok(mut client) = control_client(addr).await {
+        if let Ok(mut client) = control_client(id, addr, tls).await {
             let call = client.get_cluster_map(GetClusterMapRequest {});
             match tokio::time::timeout(Duration::from_secs(5), call).await {
                 Ok(Ok(response)) => return Some(response.into_inner()),
@@ -1067,13 +1258,18 @@ async fn fetch_map(addr: SocketAddr) -> Option<ClusterMap> {
 }
 
 /// Pushes `map` to one agent, retrying while it is not reachable yet.
-async fn push_map_to(id: &str, addr: SocketAddr, map: &ClusterMap) -> Result<(), FleetError> {
+async fn push_map_to(
+    id: &str,
+    addr: SocketAddr,
+    map: &ClusterMap,
+    tls: Option<&potluck_tls::Material>,
+) -> Result<(), FleetError> {
     let mut last_error = String::new();
     for attempt in 0..PUSH_ATTEMPTS {
         if attempt > 0 {
             tokio::time::sleep(backoff(attempt - 1)).await;
         }
-        let mut client = match control_client(addr).await {
+        let mut client = match control_client(id, addr, tls).await {
             Ok(client) => client,
             Err(e) => {
                 last_error = e;

@@ -78,6 +78,12 @@ struct Cli {
     )]
     credentials: Option<PathBuf>,
 
+    /// This client's TLS files: ca.pem (the cluster CA), cert.pem and key.pem (a
+    /// client certificate of that CA). Needed by fleets that run mutual TLS, which
+    /// is the default; `potluck dev up` prints where its client files are
+    #[arg(long, global = true, env = "POTLUCK_TLS_DIR", value_name = "DIR")]
+    tls_dir: Option<PathBuf>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -444,8 +450,20 @@ async fn run(cli: Cli) -> Result<()> {
     {
         return dev_up(args).await;
     }
+    let tls = cli
+        .tls_dir
+        .as_deref()
+        // An empty POTLUCK_TLS_DIR means none, as unset would.
+        .filter(|d| !d.as_os_str().is_empty())
+        .map(potluck_tls::Material::read_dir)
+        .transpose()?;
     if let Command::Status { timeout } = cli.command {
-        let fleet = status::fetch(&cli.endpoint, Duration::from_secs(timeout.max(1))).await?;
+        let fleet = status::fetch(
+            &cli.endpoint,
+            Duration::from_secs(timeout.max(1)),
+            tls.as_ref(),
+        )
+        .await?;
         let mut stdout = std::io::stdout().lock();
         stdout.write_all(status::render(&fleet).as_bytes())?;
         stdout.flush()?;
@@ -486,6 +504,7 @@ async fn run(cli: Cli) -> Result<()> {
     let options = ClientOptions {
         pool: cli.pool.clone().unwrap_or_default(),
         credentials,
+        tls,
         ..ClientOptions::default()
     };
     let client = Client::connect_with(&cli.endpoint, options).await?;
@@ -1110,12 +1129,33 @@ fn print_howto(fleet: &Fleet, args: &DevUpArgs, epoch: u64) -> Result<()> {
         "  export POTLUCK_ENDPOINT={}\n",
         endpoints.join(",")
     ));
+    if let Some(tls) = fleet.client_tls_dir() {
+        // Agents speak only mutual TLS: clients need the fleet's client certificate.
+        out.push_str(&format!("  export POTLUCK_TLS_DIR={}\n", tls.display()));
+    }
     out.push_str("  echo 'hello, potluck' | potluck put demo/hello.txt\n");
     out.push_str("  potluck get demo/hello.txt\n");
     out.push_str("  potluck put demo/big.bin ./some-large-file\n");
     out.push_str("  potluck ls demo --long\n");
     out.push_str("  potluck stat demo/hello.txt\n");
-    out.push_str(&format!("  grpcurl -plaintext {first} list\n"));
+    match fleet.client_tls_dir() {
+        Some(tls) => {
+            let (ca, cert, key) = (
+                tls.join("ca.pem"),
+                tls.join("cert.pem"),
+                tls.join("key.pem"),
+            );
+            out.push_str(&format!(
+                "  grpcurl -cacert {} -cert {} -key {} -authority {} {} list\n",
+                ca.display(),
+                cert.display(),
+                key.display(),
+                potluck_tls::AGENT_NAME,
+                first
+            ));
+        }
+        None => out.push_str(&format!("  grpcurl -plaintext {first} list\n")),
+    }
     out.push_str(&format!(
         "  curl -s http://{}/metrics | head\n",
         fleet.metrics_addr(0)

@@ -61,14 +61,18 @@ fn recovered_total(members: &HashMap<String, Result<AgentStatus, String>>) -> u6
 
 /// Asks every endpoint for its map, keeps the newest, then asks every member in it for its
 /// status (each call bounded by `timeout`).
-pub async fn fetch(endpoints: &[String], timeout: Duration) -> Result<FleetStatus, ClientError> {
+pub async fn fetch(
+    endpoints: &[String],
+    timeout: Duration,
+    tls: Option<&potluck_tls::Material>,
+) -> Result<FleetStatus, ClientError> {
     let uris = endpoints
         .iter()
         .map(|e| normalize_endpoint(e))
         .collect::<Result<Vec<_>, _>>()?;
     let maps = futures::future::join_all(uris.iter().map(|uri| async move {
         let r = async {
-            let mut c = connect(uri, timeout).await?;
+            let mut c = connect(uri, timeout, tls).await?;
             c.get_cluster_map(GetClusterMapRequest {})
                 .await
                 .map(|r| r.into_inner())
@@ -97,7 +101,7 @@ pub async fn fetch(endpoints: &[String], timeout: Duration) -> Result<FleetStatu
         .iter()
         .map(|m| (m.id.clone(), format!("http://{}", m.endpoint)))
         .collect();
-    let first = ask_members(&targets, timeout).await;
+    let first = ask_members(&targets, timeout, tls).await;
     let mut status = FleetStatus {
         map,
         members: first,
@@ -108,7 +112,7 @@ pub async fn fetch(endpoints: &[String], timeout: Duration) -> Result<FleetStatu
         let before = recovered_total(&status.members);
         let started = std::time::Instant::now();
         tokio::time::sleep(RATE_WINDOW).await;
-        let second = ask_members(&targets, timeout).await;
+        let second = ask_members(&targets, timeout, tls).await;
         let secs = started.elapsed().as_secs_f64();
         let after = recovered_total(&second);
         status.heal_rate = Some(after.saturating_sub(before) as f64 / secs.max(0.001));
@@ -120,11 +124,12 @@ pub async fn fetch(endpoints: &[String], timeout: Duration) -> Result<FleetStatu
 async fn ask_members(
     targets: &[(String, String)],
     timeout: Duration,
+    tls: Option<&potluck_tls::Material>,
 ) -> HashMap<String, Result<AgentStatus, String>> {
     stream::iter(targets.iter().cloned())
         .map(|(id, uri)| async move {
             let r = async {
-                let mut c = connect(&uri, timeout).await?;
+                let mut c = connect(&uri, timeout, tls).await?;
                 c.get_status(GetStatusRequest {})
                     .await
                     .map(|r| r.into_inner())
@@ -141,9 +146,19 @@ async fn ask_members(
 async fn connect(
     uri: &str,
     timeout: Duration,
+    tls: Option<&potluck_tls::Material>,
 ) -> Result<AgentControlClient<tonic::transport::Channel>, String> {
-    let channel = tonic::transport::Endpoint::from_shared(uri.to_string())
-        .map_err(|e| e.to_string())?
+    let mut endpoint = match (tls, uri.strip_prefix("http://")) {
+        (Some(_), Some(rest)) => tonic::transport::Endpoint::from_shared(format!("https://{rest}")),
+        _ => tonic::transport::Endpoint::from_shared(uri.to_string()),
+    }
+    .map_err(|e| e.to_string())?;
+    if let Some(m) = tls {
+        endpoint = endpoint
+            .tls_config(potluck_tls::client_config(m, potluck_tls::AGENT_NAME))
+            .map_err(|e| e.to_string())?;
+    }
+    let channel = endpoint
         .connect_timeout(timeout)
         .timeout(timeout)
         .connect()

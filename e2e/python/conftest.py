@@ -156,6 +156,25 @@ def _stop(proc: subprocess.Popen) -> int | None:
     return proc.returncode
 
 
+# Endpoints of a started fleet -> its client TLS directory (ca.pem, cert.pem, key.pem).
+FLEET_TLS_DIRS: dict[tuple[str, ...], Path] = {}
+
+# Every agent certificate carries this name; a client that knows only an
+# address checks it (what `potluck` does).
+AGENT_NAME = "agent.potluck"
+
+
+def tls_credentials(tls_dir: Path):
+    """Channel credentials with the fleet's client certificate and CA."""
+    import grpc
+
+    return grpc.ssl_channel_credentials(
+        root_certificates=(tls_dir / "ca.pem").read_bytes(),
+        private_key=(tls_dir / "key.pem").read_bytes(),
+        certificate_chain=(tls_dir / "cert.pem").read_bytes(),
+    )
+
+
 @pytest.fixture(scope="session")
 def fleet(tmp_path_factory: pytest.TempPathFactory):
     """A local fleet of 6 agents (EC 4+2, pool "default"); yields endpoint URLs."""
@@ -188,6 +207,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory):
         _stop(proc)
         raise
 
+    # The fleet speaks only mutual TLS; its client certificate is in <dir>/tls/client.
+    FLEET_TLS_DIRS[tuple(endpoints)] = data_dir / "tls" / "client"
     yield endpoints
 
     code = _stop(proc)
@@ -237,7 +258,7 @@ def _wait_ready(proc: subprocess.Popen, pump: _OutputPump, cmd: list[str]) -> li
 
 
 def grpc_target(endpoint: str) -> str:
-    """`http://127.0.0.1:7000` -> `127.0.0.1:7000` (what grpc.insecure_channel wants)."""
+    """`https://127.0.0.1:7000` -> `127.0.0.1:7000` (what grpc channels want)."""
     for scheme in ("http://", "https://"):
         if endpoint.startswith(scheme):
             endpoint = endpoint[len(scheme):]
@@ -250,7 +271,9 @@ def object_clients(fleet):
     import grpc
     from potluck.v1 import potluck_pb2_grpc
 
-    channels = [grpc.insecure_channel(grpc_target(e), options=CHANNEL_OPTIONS) for e in fleet]
+    credentials = tls_credentials(FLEET_TLS_DIRS[tuple(fleet)])
+    options = list(CHANNEL_OPTIONS) + [("grpc.ssl_target_name_override", AGENT_NAME)]
+    channels = [grpc.secure_channel(grpc_target(e), credentials, options=options) for e in fleet]
     try:
         for ch, e in zip(channels, fleet):
             try:

@@ -17,6 +17,129 @@ pub use potluck_cli::fleet::{Fleet, FleetConfig};
 
 pub const MIB: usize = 1 << 20;
 
+/// One cluster CA for every fleet this test process starts, so the helpers
+/// below can hold a client certificate before any fleet exists.
+struct TestTls {
+    ca_dir: std::path::PathBuf,
+    client_dir: std::path::PathBuf,
+    client: potluck_tls::Material,
+    /// A member-role certificate for a member no map lists: what tests use to
+    /// call the shard service directly, which answers members only.
+    inspector: potluck_tls::Material,
+}
+
+fn test_tls() -> &'static TestTls {
+    static TLS: std::sync::OnceLock<TestTls> = std::sync::OnceLock::new();
+    TLS.get_or_init(|| {
+        let dir = tempfile::Builder::new()
+            .prefix("potluck-e2e-tls-")
+            .tempdir()
+            .expect("temp dir")
+            // Lives as long as the process; a few KiB.
+            .keep();
+        let ca_dir = dir.join("ca");
+        let ca = potluck_cli::fleet::load_or_create_ca(&ca_dir).expect("test CA");
+        let year = Duration::from_secs(365 * 86_400);
+        let (client, _) = ca
+            .issue_material(&potluck_tls::Subject::Client { name: "e2e".into() }, year)
+            .expect("client certificate");
+        let client_dir = dir.join("client");
+        client.write_dir(&client_dir).expect("client files");
+        let (inspector, _) = ca
+            .issue_material(
+                &potluck_tls::Subject::Member {
+                    id: "e2e-inspector".into(),
+                    ips: vec![],
+                },
+                year,
+            )
+            .expect("inspector certificate");
+        TestTls {
+            ca_dir,
+            client_dir,
+            client,
+            inspector,
+        }
+    })
+}
+
+/// A fleet configuration in `dir` whose certificates come from the test CA,
+/// so [`object_client`] and the other helpers can talk to it.
+pub fn fleet_config(dir: impl Into<std::path::PathBuf>) -> FleetConfig {
+    let mut cfg = FleetConfig::new(dir);
+    cfg.tls_ca_dir = Some(test_tls().ca_dir.clone());
+    cfg
+}
+
+/// The CA every test fleet's certificates come from (`ca.pem`, `ca-key.pem`).
+pub fn test_ca() -> potluck_tls::ClusterCa {
+    potluck_cli::fleet::load_or_create_ca(&test_tls().ca_dir).expect("test CA")
+}
+
+/// A client certificate of the test CA, as files (`potluck --tls-dir`).
+pub fn client_tls_dir() -> &'static std::path::Path {
+    &test_tls().client_dir
+}
+
+pub fn client_tls() -> &'static potluck_tls::Material {
+    &test_tls().client
+}
+
+/// A channel for raw calls to any service of an agent of a test fleet, over
+/// TLS with a member-role certificate (the shard service answers members
+/// only). `endpoint` may be `https://`, `http://` (taken as https: test
+/// fleets run TLS) or a bare `host:port` as maps list members.
+pub async fn try_channel(endpoint: impl AsRef<str>) -> Result<Channel, tonic::transport::Error> {
+    let endpoint = endpoint.as_ref();
+    let rest = endpoint
+        .strip_prefix("https://")
+        .or_else(|| endpoint.strip_prefix("http://"))
+        .unwrap_or(endpoint);
+    potluck_agent::peers::endpoint(format!("https://{rest}"))?
+        .timeout(Duration::from_secs(120))
+        .tls_config(potluck_tls::client_config(
+            &test_tls().inspector,
+            potluck_tls::AGENT_NAME,
+        ))?
+        .connect()
+        .await
+}
+
+pub async fn control_client(
+    endpoint: impl AsRef<str>,
+) -> Result<pb::agent_control_client::AgentControlClient<Channel>, tonic::transport::Error> {
+    Ok(
+        pb::agent_control_client::AgentControlClient::new(try_channel(endpoint).await?)
+            .max_decoding_message_size(potluck_agent::peers::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(potluck_agent::peers::MAX_MESSAGE_BYTES),
+    )
+}
+
+pub async fn shard_client(
+    endpoint: impl AsRef<str>,
+) -> Result<pb::shard_service_client::ShardServiceClient<Channel>, tonic::transport::Error> {
+    Ok(
+        pb::shard_service_client::ShardServiceClient::new(try_channel(endpoint).await?)
+            .max_decoding_message_size(potluck_agent::peers::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(potluck_agent::peers::MAX_MESSAGE_BYTES),
+    )
+}
+
+/// Client options carrying the test client certificate.
+pub fn cli_options() -> potluck_cli::client::ClientOptions {
+    potluck_cli::client::ClientOptions {
+        tls: Some(client_tls().clone()),
+        ..Default::default()
+    }
+}
+
+/// The CLI's client library over `endpoints`, as a user of a test fleet has it.
+pub async fn cli_client<S: AsRef<str>>(
+    endpoints: &[S],
+) -> Result<potluck_cli::client::Client, potluck_cli::client::ClientError> {
+    potluck_cli::client::Client::connect_with(endpoints, cli_options()).await
+}
+
 /// A fleet in a temporary directory, removed after the agents are stopped.
 pub struct TestFleet {
     pub fleet: Fleet,
@@ -75,7 +198,7 @@ pub async fn try_start_fleet_with(
         .prefix("potluck-e2e-")
         .tempdir()
         .expect("temp dir");
-    let mut cfg = FleetConfig::new(dir.path());
+    let mut cfg = fleet_config(dir.path());
     cfg.extra_agent_args = extra_agent_args.iter().map(|s| s.to_string()).collect();
     tweak(&mut cfg);
     let fleet = Fleet::start(cfg).await?;
@@ -89,13 +212,24 @@ pub async fn try_start_fleet_with(
     Ok(TestFleet { fleet, _dir: dir })
 }
 
+/// An ObjectService client as a user has it: with the test client certificate
+/// when `endpoint` is `https://`.
 pub async fn object_client(endpoint: &str) -> ObjectServiceClient<Channel> {
-    let channel = potluck_agent::peers::endpoint(endpoint.to_string())
+    let mut e = potluck_agent::peers::endpoint(endpoint.to_string())
         .expect("valid endpoint")
-        .timeout(Duration::from_secs(120))
+        .timeout(Duration::from_secs(120));
+    if endpoint.starts_with("https://") {
+        e = e
+            .tls_config(potluck_tls::client_config(
+                client_tls(),
+                potluck_tls::AGENT_NAME,
+            ))
+            .expect("TLS config");
+    }
+    let channel = e
         .connect()
         .await
-        .unwrap_or_else(|e| panic!("connecting to {endpoint}: {e}"));
+        .unwrap_or_else(|e| panic!("connecting to {endpoint}: {e:?}"));
     ObjectServiceClient::new(channel)
         .max_decoding_message_size(potluck_agent::peers::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(potluck_agent::peers::MAX_MESSAGE_BYTES)
@@ -332,6 +466,7 @@ pub async fn run_potluck(
     let mut child = tokio::process::Command::new(find_potluck_bin())
         .args(args)
         .env("POTLUCK_ENDPOINT", endpoints)
+        .env("POTLUCK_TLS_DIR", client_tls_dir())
         .env_remove("POTLUCK_POOL")
         .env_remove("POTLUCK_KEY_FILE")
         .envs(envs.iter().copied())

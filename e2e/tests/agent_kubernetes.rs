@@ -17,7 +17,6 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use pb::agent_control_client::AgentControlClient;
-use pb::shard_service_client::ShardServiceClient;
 use potluck_cli::fleet::{find_agent_bin, log_tail, parse_ready_line, ReadyLine, READY_PREFIX};
 use potluck_e2e::control_plane::{repo_root, ControlPlane};
 use potluck_e2e::{metric_matching, wait_until};
@@ -374,7 +373,7 @@ async fn lease_is_renewed_and_a_deleted_storage_node_comes_back() {
 }
 
 async fn control(addr: std::net::SocketAddr) -> AgentControlClient<tonic::transport::Channel> {
-    AgentControlClient::connect(format!("http://{addr}"))
+    potluck_e2e::control_client(format!("http://{addr}"))
         .await
         .unwrap_or_else(|e| panic!("connect {addr}: {e}"))
 }
@@ -433,7 +432,7 @@ async fn an_agent_that_missed_a_map_fetches_it_when_a_peer_shows_a_newer_epoch()
     assert_eq!(epoch_of(b).await, first.epoch, "agent-0 only");
 
     // agent-0 (or anyone on the new map) calls agent-1 with the new epoch.
-    let mut shards = ShardServiceClient::connect(format!("http://{b}"))
+    let mut shards = potluck_e2e::shard_client(format!("http://{b}"))
         .await
         .expect("connect agent-1");
     shards

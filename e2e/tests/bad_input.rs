@@ -148,11 +148,7 @@ async fn bad_requests_are_refused_with_a_reason_and_the_agent_keeps_serving() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_reflection_are_served() {
     let fleet = start_fleet(&[]).await;
-    let channel = tonic::transport::Endpoint::from_shared(fleet.endpoints()[2].clone())
-        .expect("endpoint")
-        .connect()
-        .await
-        .expect("connect");
+    let channel = try_channel(&fleet.endpoints()[2]).await.expect("connect");
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
     let r = health
         .check(tonic_health::pb::HealthCheckRequest {
@@ -317,11 +313,7 @@ async fn malformed_and_oversize_requests_of_every_kind_leave_the_agent_serving()
     let ep = fleet.endpoints()[0].clone();
     let pid = fleet.pid(0).expect("agent 0 runs");
     let epoch = fleet.map().epoch;
-    let channel = potluck_agent::peers::endpoint(ep.clone())
-        .expect("endpoint")
-        .connect()
-        .await
-        .expect("connect");
+    let channel = try_channel(&ep).await.expect("connect");
     let mut c = object_client(&ep).await;
     put(&mut c, B, "before", b"kept").await.expect("put");
 

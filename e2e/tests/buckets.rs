@@ -17,15 +17,14 @@ use potluck_api::{Bucket, BucketSpec, StoragePoolSpec};
 use potluck_cli::client::{Client, ClientError, ClientOptions, Credentials};
 use potluck_cli::dev_cluster::{DevCluster, DevClusterConfig};
 use potluck_e2e::control_plane::{table_row, ControlPlane};
-use potluck_e2e::{find_potluck_bin, object_client, random_bytes, FleetConfig};
-use potluck_proto::v1::agent_control_client::AgentControlClient;
+use potluck_e2e::{find_potluck_bin, object_client, random_bytes};
 use potluck_proto::v1::{GetClusterMapRequest, ListObjectsRequest};
 use tonic::Code;
 
 const LIMIT: Duration = Duration::from_secs(60);
 
 async fn start(dir: &std::path::Path, cp: &ControlPlane) -> DevCluster {
-    let mut fleet = FleetConfig::new(dir.join("fleet"));
+    let mut fleet = potluck_e2e::fleet_config(dir.join("fleet"));
     fleet.agents = 3;
     fleet.k = 2;
     fleet.m = 1;
@@ -133,7 +132,7 @@ async fn client(cluster: &DevCluster, credentials: Option<Credentials>) -> Clien
         &cluster.fleet.endpoints(),
         ClientOptions {
             credentials,
-            ..ClientOptions::default()
+            ..potluck_e2e::cli_options()
         },
     )
     .await
@@ -181,7 +180,7 @@ async fn keys_of_bucket_a_cannot_read_bucket_b() {
     assert!(status.map_epoch >= 1);
 
     // The map every agent holds: require_auth, the keys' hashes and never a secret.
-    let mut ac = AgentControlClient::connect(cluster.fleet.endpoint(0))
+    let mut ac = potluck_e2e::control_client(cluster.fleet.endpoint(0))
         .await
         .expect("connect");
     let map = ac

@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use potluck_cli::client::{ByteRange, Client, ClientError, Progress};
+use potluck_cli::client::{ByteRange, ClientError, Progress};
 use potluck_e2e::*;
 use tokio::io::{AsyncRead, ReadBuf};
 
@@ -407,7 +407,7 @@ async fn failed_and_dropped_puts_commit_nothing_and_calls_spread() {
         l.local_addr().expect("addr").to_string()
     };
     let (first, second) = (fleet.endpoint(0), fleet.endpoint(1));
-    let spread = Client::connect(&[dead.clone(), first.clone(), second.clone()])
+    let spread = potluck_e2e::cli_client(&[dead.clone(), first.clone(), second.clone()])
         .await
         .expect("connect skipping the dead endpoint");
     assert_eq!(spread.endpoints(), vec![first, second]);
@@ -436,6 +436,8 @@ async fn failed_and_dropped_puts_commit_nothing_and_calls_spread() {
         .collect();
     assert_eq!(keys, ["spread-0", "spread-1", "spread-2", "spread-3"]);
 
-    let err = Client::connect(&[dead]).await.expect_err("nobody answers");
+    let err = potluck_e2e::cli_client(&[dead])
+        .await
+        .expect_err("nobody answers");
     assert!(matches!(err, ClientError::Unreachable { .. }), "{err}");
 }

@@ -10,13 +10,12 @@ use std::time::{Duration, Instant};
 
 use potluck_cli::fleet::FleetError;
 use potluck_e2e::*;
-use potluck_proto::v1::agent_control_client::AgentControlClient;
 use potluck_proto::v1::{GetClusterMapRequest, MemberState};
 
 const B: &str = "cli-command";
 
 async fn agent_epoch(addr: SocketAddr) -> u64 {
-    let mut client = AgentControlClient::connect(format!("http://{addr}"))
+    let mut client = potluck_e2e::control_client(format!("http://{addr}"))
         .await
         .unwrap_or_else(|e| panic!("control of {addr}: {e}"));
     client
@@ -120,7 +119,7 @@ async fn the_fleet_starts_pushes_maps_and_survives_kills_and_restarts() {
     assert_eq!(member.endpoint, fleet.grpc_addr(1).to_string());
     assert_eq!(member.state, MemberState::Up as i32);
     // The restarted agent kept its data and serves as a gateway again.
-    let restarted = potluck_cli::client::Client::connect(&[fleet.endpoint(1)])
+    let restarted = potluck_e2e::cli_client(&[fleet.endpoint(1)])
         .await
         .expect("connect to the restarted agent");
     assert_eq!(
@@ -486,18 +485,45 @@ fn dev_up_runs_a_fleet_until_sigterm() {
         howto.contains(&format!("export POTLUCK_ENDPOINT={endpoints}")),
         "{howto}"
     );
-    assert!(howto.contains("grpcurl -plaintext 127.0.0.1:"), "{howto}");
+    // Agents speak mutual TLS only; dev up says where its client certificate is.
+    let tls_dir = data_dir.join("tls").join("client");
+    assert!(
+        howto.contains(&format!("export POTLUCK_TLS_DIR={}", tls_dir.display())),
+        "{howto}"
+    );
+    assert!(howto.contains("grpcurl -cacert "), "{howto}");
     assert!(howto.contains("/metrics"), "{howto}");
+    assert!(endpoints.starts_with("https://"), "{endpoints}");
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
-    let out = runtime.block_on(potluck(&endpoints, &["put", "demo/x"], Some(b"dev fleet")));
+    let tls = tls_dir.to_str().expect("utf-8 path");
+    let with_tls = [("POTLUCK_TLS_DIR", tls)];
+    let out = runtime.block_on(run_potluck(
+        &endpoints,
+        &["put", "demo/x"],
+        &with_tls,
+        Some(b"dev fleet"),
+    ));
     assert_success(&out);
-    let out = runtime.block_on(potluck(&endpoints, &["get", "demo/x"], None));
+    let out = runtime.block_on(run_potluck(&endpoints, &["get", "demo/x"], &with_tls, None));
     assert_success(&out);
     assert_eq!(text(&out.stdout), "dev fleet");
+    // Without a certificate the same command is refused, and says what to pass.
+    let out = runtime.block_on(run_potluck(
+        &endpoints,
+        &["get", "demo/x"],
+        &[("POTLUCK_TLS_DIR", "")],
+        None,
+    ));
+    assert!(!out.status.success(), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stderr).contains("--tls-dir"),
+        "{}",
+        text(&out.stderr)
+    );
 
     let pid = child.0.id();
     let term = std::process::Command::new("kill")

@@ -361,17 +361,18 @@ fn service_accounts_hold_least_privilege_that_suffices() {
             &["list", "shares.potluck.dev", "-n", NS],
             &["create", "shares.potluck.dev", "-n", NS],
             &["patch", "shares.potluck.dev", "-n", NS],
-        ],
-        &[
-            &["delete", "shares.potluck.dev", "-n", NS],
-            &["create", "shares.potluck.dev", "-n", "team-a"],
-            &["create", "buckets.potluck.dev", "-n", "team-a"],
+            // --tls-bootstrap: its CSR in status.tls.csr.
             &[
                 "patch",
                 "storagenodes.potluck.dev",
                 "--subresource=status",
                 "-A",
             ],
+        ],
+        &[
+            &["delete", "shares.potluck.dev", "-n", NS],
+            &["create", "shares.potluck.dev", "-n", "team-a"],
+            &["create", "buckets.potluck.dev", "-n", "team-a"],
             &[
                 "update",
                 "storagenodes.potluck.dev",

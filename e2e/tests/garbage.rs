@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use pb::agent_control_client::AgentControlClient;
-use pb::shard_service_client::ShardServiceClient;
 use potluck_agent::layout::{new_object_id, stripe_pg, StripeLayout};
 use potluck_e2e::*;
 use potluck_proto::v1 as pb;
@@ -20,13 +19,13 @@ const LIMIT: Duration = Duration::from_secs(60);
 const STRIPE: usize = 4 * MIB;
 
 async fn control(fleet: &TestFleet, i: usize) -> AgentControlClient<tonic::transport::Channel> {
-    AgentControlClient::connect(fleet.endpoint(i))
+    potluck_e2e::control_client(fleet.endpoint(i))
         .await
         .expect("connect control")
 }
 
 async fn status(fleet: &TestFleet, i: usize) -> Option<pb::AgentStatus> {
-    let mut c = AgentControlClient::connect(fleet.endpoint(i)).await.ok()?;
+    let mut c = potluck_e2e::control_client(fleet.endpoint(i)).await.ok()?;
     c.get_status(pb::GetStatusRequest {})
         .await
         .ok()
@@ -186,7 +185,7 @@ async fn plant_short_stripe(fleet: &TestFleet) {
             length: data.len() as u64,
             blake3: Bytes::copy_from_slice(blake3::hash(&data).as_bytes()),
         };
-        let mut c = ShardServiceClient::connect(format!("http://{}", member.endpoint))
+        let mut c = potluck_e2e::shard_client(format!("http://{}", member.endpoint))
             .await
             .expect("connect shards");
         c.put_shard(tokio_stream::iter(vec![pb::PutShardRequest {

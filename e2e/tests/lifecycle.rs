@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use pb::agent_control_client::AgentControlClient;
 use potluck_e2e::*;
 use potluck_proto::v1 as pb;
 use tonic::Code;
@@ -14,7 +13,7 @@ const B: &str = "lifecycle";
 async fn stored_bytes(fleet: &TestFleet) -> u64 {
     let mut total = 0;
     for ep in fleet.endpoints() {
-        let mut c = AgentControlClient::connect(ep).await.expect("control");
+        let mut c = potluck_e2e::control_client(ep).await.expect("control");
         total += c
             .get_status(pb::GetStatusRequest {})
             .await

@@ -9,8 +9,7 @@ use potluck_api::condition::{self, DEGRADED, READY};
 use potluck_api::{NodePhase, PoolHealth, StoragePool, StoragePoolSpec};
 use potluck_cli::dev_cluster::{DevCluster, DevClusterConfig};
 use potluck_e2e::control_plane::{table_row, ControlPlane};
-use potluck_e2e::{get, metric, object_client, put, random_bytes, FleetConfig};
-use potluck_proto::v1::agent_control_client::AgentControlClient;
+use potluck_e2e::{get, metric, object_client, put, random_bytes};
 use potluck_proto::v1::GetClusterMapRequest;
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -25,7 +24,7 @@ fn fast_pool(k: i32, m: i32) -> StoragePoolSpec {
 }
 
 async fn start(dir: &std::path::Path, cp: &ControlPlane, agents: usize) -> DevCluster {
-    let mut fleet = FleetConfig::new(dir.join("fleet"));
+    let mut fleet = potluck_e2e::fleet_config(dir.join("fleet"));
     fleet.agents = agents;
     let mut cfg = DevClusterConfig::new(fleet, &cp.kubeconfig);
     cfg.lease_duration_secs = 1;
@@ -55,7 +54,7 @@ async fn agent_epochs(cluster: &DevCluster) -> Vec<u64> {
         if cluster.fleet.pid(i).is_none() {
             continue;
         }
-        let mut c = AgentControlClient::connect(cluster.fleet.endpoint(i))
+        let mut c = potluck_e2e::control_client(cluster.fleet.endpoint(i))
             .await
             .expect("connect to agent");
         let map = c
@@ -245,7 +244,7 @@ async fn a_pool_becomes_ready_loses_a_member_and_keeps_its_epoch_across_operator
 async fn an_impossible_pool_is_not_ready_and_says_why_without_blocking_others() {
     let dir = tempfile::tempdir().expect("temp dir");
     let cp = ControlPlane::start(&dir.path().join("cp"));
-    let mut fleet = FleetConfig::new(dir.path().join("fleet"));
+    let mut fleet = potluck_e2e::fleet_config(dir.path().join("fleet"));
     fleet.agents = 3;
     fleet.k = 2;
     fleet.m = 1;
@@ -323,7 +322,7 @@ async fn an_impossible_pool_is_not_ready_and_says_why_without_blocking_others() 
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let mut ac = AgentControlClient::connect(cluster.fleet.endpoint(0))
+    let mut ac = potluck_e2e::control_client(cluster.fleet.endpoint(0))
         .await
         .expect("connect");
     let deadline = tokio::time::Instant::now() + LIMIT;

@@ -24,9 +24,7 @@ use potluck_api::{NodePhase, PoolHealth, StorageNode, StoragePool, StoragePoolSp
 use potluck_cli::dev_cluster::{DevCluster, DevClusterConfig};
 use potluck_cli::fleet::AgentOptions;
 use potluck_e2e::control_plane::ControlPlane;
-use potluck_e2e::{get, metric, object_client, put, random_bytes, FleetConfig};
-use potluck_proto::v1::agent_control_client::AgentControlClient;
-use potluck_proto::v1::shard_service_client::ShardServiceClient;
+use potluck_e2e::{get, metric, object_client, put, random_bytes};
 use potluck_proto::v1::{ClusterMap, GetClusterMapRequest, ListShardsRequest, MemberState};
 use tokio::net::{TcpListener, TcpStream};
 use tonic::Code;
@@ -240,7 +238,7 @@ fn phase_of(nodes: &[StorageNode], name: &str) -> Option<NodePhase> {
 }
 
 async fn current_map(endpoint: &str) -> Result<ClusterMap, String> {
-    let mut c = AgentControlClient::connect(endpoint.to_string())
+    let mut c = potluck_e2e::control_client(endpoint.to_string())
         .await
         .map_err(|e| e.to_string())?;
     c.get_cluster_map(GetClusterMapRequest {})
@@ -268,7 +266,7 @@ async fn pgs_whole(map: &ClusterMap) -> Result<usize, String> {
             }
             let connect = tokio::time::timeout(
                 Duration::from_secs(5),
-                ShardServiceClient::connect(format!("http://{}", info.endpoint)),
+                potluck_e2e::shard_client(format!("http://{}", info.endpoint)),
             );
             let mut c = connect
                 .await
@@ -626,7 +624,7 @@ async fn a_member_cut_off_by_the_network_comes_back_and_the_fleet_converges() {
 
     // Seven members, so that an Out member's positions can move (with six, each of the 4+2
     // positions needs every failure domain and an Out member's positions stay put).
-    let mut fleet = FleetConfig::new(dir.path().join("fleet"));
+    let mut fleet = potluck_e2e::fleet_config(dir.path().join("fleet"));
     fleet.agents = AGENTS;
     for i in 0..AGENTS {
         let options = if i == CUT {

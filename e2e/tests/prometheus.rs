@@ -15,7 +15,7 @@ use std::time::Duration;
 use potluck_api::StoragePoolSpec;
 use potluck_cli::dev_cluster::{DevCluster, DevClusterConfig};
 use potluck_e2e::control_plane::{repo_root, ControlPlane};
-use potluck_e2e::{get, object_client, put, random_bytes, FleetConfig};
+use potluck_e2e::{get, object_client, put, random_bytes};
 use serde_json::Value;
 
 const LIMIT: Duration = Duration::from_secs(90);
@@ -278,7 +278,7 @@ async fn prometheus_sees_the_workload_a_down_member_and_runs_the_dashboard_and_a
     let prometheus_bin = prometheus_bin();
     let dir = tempfile::tempdir().expect("temp dir");
     let cp = ControlPlane::start(&dir.path().join("cp"));
-    let mut fleet_cfg = FleetConfig::new(dir.path().join("fleet"));
+    let mut fleet_cfg = potluck_e2e::fleet_config(dir.path().join("fleet"));
     fleet_cfg.agents = 6;
     let mut cfg = DevClusterConfig::new(fleet_cfg, &cp.kubeconfig);
     cfg.lease_duration_secs = 1;

@@ -9,9 +9,7 @@ use std::time::Duration;
 use potluck_api::{PoolHealth, StoragePool, StoragePoolSpec};
 use potluck_cli::dev_cluster::{DevCluster, DevClusterConfig};
 use potluck_e2e::control_plane::ControlPlane;
-use potluck_e2e::{get, metric, object_client, put, random_bytes, FleetConfig};
-use potluck_proto::v1::agent_control_client::AgentControlClient;
-use potluck_proto::v1::shard_service_client::ShardServiceClient;
+use potluck_e2e::{get, metric, object_client, put, random_bytes};
 use potluck_proto::v1::{ClusterMap, GetClusterMapRequest, ListShardsRequest, MemberState};
 
 const LIMIT: Duration = Duration::from_secs(90);
@@ -21,7 +19,7 @@ fn status_of(pool: &StoragePool) -> potluck_api::StoragePoolStatus {
 }
 
 async fn current_map(cluster: &DevCluster, live: usize) -> ClusterMap {
-    let mut c = AgentControlClient::connect(cluster.fleet.endpoint(live))
+    let mut c = potluck_e2e::control_client(cluster.fleet.endpoint(live))
         .await
         .expect("connect");
     c.get_cluster_map(GetClusterMapRequest {})
@@ -48,7 +46,7 @@ async fn assert_every_pg_whole(map: &ClusterMap) {
                 MemberState::Up as i32,
                 "PG {pg} position {pos} is on {member}, which is not up"
             );
-            let mut c = ShardServiceClient::connect(format!("http://{}", info.endpoint))
+            let mut c = potluck_e2e::shard_client(format!("http://{}", info.endpoint))
                 .await
                 .expect("connect");
             let resp = c
@@ -91,7 +89,7 @@ async fn assert_every_pg_whole(map: &ClusterMap) {
 /// `agents` members in Kubernetes mode and a 4+2 pool of 16 PGs with 64 KiB chunks, whose
 /// members go Down after 2 s of silence and Out after 4 s.
 async fn start_cluster(dir: &std::path::Path, cp: &ControlPlane, agents: usize) -> DevCluster {
-    let mut fleet = FleetConfig::new(dir.join("fleet"));
+    let mut fleet = potluck_e2e::fleet_config(dir.join("fleet"));
     fleet.agents = agents;
     let mut spec = StoragePoolSpec::with_defaults(4, 2);
     spec.pg_count = 16;
@@ -203,7 +201,7 @@ async fn three_members_die_one_after_another_and_nothing_is_lost() {
 }
 
 async fn shard_count(cluster: &DevCluster, index: usize) -> u64 {
-    let mut c = AgentControlClient::connect(cluster.fleet.endpoint(index))
+    let mut c = potluck_e2e::control_client(cluster.fleet.endpoint(index))
         .await
         .expect("connect");
     c.get_status(potluck_proto::v1::GetStatusRequest {})

@@ -6,7 +6,6 @@
 use std::time::Duration;
 
 use pb::agent_control_client::AgentControlClient;
-use pb::shard_service_client::ShardServiceClient;
 use potluck_e2e::*;
 use potluck_proto::v1 as pb;
 use tonic::Code;
@@ -64,7 +63,7 @@ async fn corrupt_blob_files(fleet: &mut TestFleet, i: usize) {
 }
 
 async fn control(fleet: &TestFleet, i: usize) -> AgentControlClient<tonic::transport::Channel> {
-    AgentControlClient::connect(fleet.endpoint(i))
+    potluck_e2e::control_client(fleet.endpoint(i))
         .await
         .expect("connect control")
 }
@@ -93,7 +92,7 @@ async fn shards_of(fleet: &TestFleet, i: usize) -> (u64, Vec<pb::ShardId>) {
         .await
         .expect("map")
         .into_inner();
-    let mut c = ShardServiceClient::connect(fleet.endpoint(i))
+    let mut c = potluck_e2e::shard_client(fleet.endpoint(i))
         .await
         .expect("connect shards");
     let mut out = Vec::new();
@@ -124,7 +123,7 @@ async fn read_shard(
     epoch: u64,
     id: &pb::ShardId,
 ) -> Result<Vec<u8>, tonic::Status> {
-    let mut c = ShardServiceClient::connect(fleet.endpoint(i))
+    let mut c = potluck_e2e::shard_client(fleet.endpoint(i))
         .await
         .expect("connect shards")
         .max_decoding_message_size(potluck_agent::peers::MAX_MESSAGE_BYTES);
@@ -273,7 +272,7 @@ async fn a_scrub_while_one_runs_is_refused() {
     put_objects(&fleet, 0).await;
     let endpoint = fleet.endpoint(5);
     let running = tokio::spawn(async move {
-        let mut c = AgentControlClient::connect(endpoint)
+        let mut c = potluck_e2e::control_client(endpoint)
             .await
             .expect("connect");
         c.scrub(pb::ScrubRequest::default()).await

@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod buffers;
+pub mod callers;
 pub mod cluster;
 pub mod codec;
 pub mod control;
@@ -25,6 +26,7 @@ pub mod shard_store;
 pub mod share_http;
 pub mod shares;
 pub mod throttle;
+pub mod tls_bootstrap;
 
 // Pure decoders and checks live in `potluck-format` (fuzzed without RocksDB); re-exported
 // so `crate::keys::…` and friends keep their paths.

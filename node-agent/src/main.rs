@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::Parser;
 use potluck_agent::node::Tuning;
 use potluck_agent::registration::{Registration, Settings};
-use potluck_agent::server::{Agent, AgentConfig};
+use potluck_agent::server::{Agent, AgentConfig, AgentTls};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -25,6 +25,22 @@ struct Args {
     /// gRPC address (ObjectService, ShardService, AgentControl, health, reflection).
     #[arg(long, default_value = "127.0.0.1:7100")]
     listen: SocketAddr,
+    /// Directory with this member's TLS files (ca.pem, cert.pem, key.pem, or a
+    /// mounted TLS Secret's ca.crt, tls.crt, tls.key). The gRPC port then
+    /// speaks only mutual TLS with parties holding a certificate of that CA.
+    #[arg(long, env = "POTLUCK_TLS_DIR")]
+    tls_dir: Option<PathBuf>,
+    /// Kubernetes mode: get this member's certificate from the operator (a CSR on its
+    /// StorageNode; the key stays in <data-dir>/tls) before serving, and renew it after
+    /// 2/3 of its life. Needs --advertise or a --listen address with a fixed IP and port.
+    #[arg(long, env = "POTLUCK_TLS_BOOTSTRAP")]
+    tls_bootstrap: bool,
+    /// Seconds --tls-bootstrap waits for the operator's first answer before giving up.
+    #[arg(long, default_value_t = 300)]
+    tls_bootstrap_timeout_secs: u64,
+    /// Seconds between looks for renewed files in --tls-dir.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    tls_reload_secs: u64,
     /// Address of the Prometheus `/metrics` endpoint.
     #[arg(long, default_value = "127.0.0.1:9100")]
     metrics_listen: SocketAddr,
@@ -155,6 +171,70 @@ fn parse_size(s: &str) -> Result<u64, String> {
     Ok((n * mult as f64) as u64)
 }
 
+fn kube_settings(args: &Args, id: &str, fallback_domain: &str, endpoint: String) -> Settings {
+    Settings {
+        member_id: id.to_string(),
+        node_name: args.node_name.clone().filter(|n| !n.is_empty()),
+        namespace: args.namespace.clone(),
+        endpoint,
+        capacity_bytes: args.capacity,
+        failure_domain_key: args.failure_domain_key.clone(),
+        fallback_failure_domain: fallback_domain.to_string(),
+        lease_duration: Duration::from_secs(args.lease_duration_secs),
+        startup_timeout: Duration::from_secs(60),
+    }
+}
+
+async fn kube_client(settings: &Settings) -> anyhow::Result<kube::Client> {
+    let mut config = kube::Config::infer()
+        .await
+        .context("no Kubernetes client: set KUBECONFIG, or run in a pod with a service account")?;
+    // The agent makes only short calls (no watches). Without a read deadline a renewal
+    // sent into a partition waits for TCP to give up (minutes) instead of failing and
+    // being retried on a fresh connection at the next tick.
+    let deadline = potluck_agent::registration::renew_interval(settings.lease_duration)
+        .max(Duration::from_secs(2));
+    config.read_timeout = Some(deadline);
+    config.write_timeout = Some(deadline);
+    config.connect_timeout = Some(deadline);
+    kube::Client::try_from(config)
+        .context("cannot build a Kubernetes client from the configuration")
+}
+
+/// --tls-bootstrap: registers the StorageNode (without a Lease: nothing is served yet), gets
+/// a certificate from the operator into <data-dir>/tls and keeps it renewed. Returns the dir.
+async fn tls_bootstrap(args: &Args, id: &str, fallback_domain: &str) -> anyhow::Result<PathBuf> {
+    use potluck_agent::tls_bootstrap::Bootstrap;
+    anyhow::ensure!(
+        args.kubernetes,
+        "--tls-bootstrap needs --kubernetes: the certificate comes from the operator through the StorageNode"
+    );
+    let endpoint = match &args.advertise {
+        Some(a) => a.clone(),
+        None if !args.listen.ip().is_unspecified() && args.listen.port() != 0 => {
+            args.listen.to_string()
+        }
+        None => anyhow::bail!(
+            "--tls-bootstrap registers before serving, so it needs the endpoint up front: set \
+             --advertise (POTLUCK_ADVERTISE) or a --listen address with a fixed IP and port"
+        ),
+    };
+    let settings = kube_settings(args, id, fallback_domain, endpoint);
+    let client = kube_client(&settings).await?;
+    Registration::apply_only(&client, &settings)
+        .await
+        .context("registering with Kubernetes failed")?;
+    let dir = args.data_dir.join("tls");
+    let bootstrap = Bootstrap::new(client, id, &dir);
+    bootstrap
+        .ensure(Duration::from_secs(args.tls_bootstrap_timeout_secs))
+        .await
+        .context("cannot serve TLS without a certificate")?;
+    // Runs until the process ends; the server re-reads the files it rewrites.
+    tokio::spawn(bootstrap.keep_renewed());
+    Ok(dir)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -171,7 +251,23 @@ async fn main() -> anyhow::Result<()> {
     } else {
         args.failure_domain.clone()
     };
+    let tls_dir = match (&args.tls_dir, args.tls_bootstrap) {
+        (Some(dir), _) => Some(dir.clone()),
+        (None, true) => Some(tls_bootstrap(&args, &id, &fallback_domain).await?),
+        (None, false) => None,
+    };
+    let tls = match tls_dir {
+        Some(dir) => Some(AgentTls {
+            dir,
+            reload_every: Duration::from_secs(args.tls_reload_secs),
+        }),
+        None => {
+            tracing::warn!("serving gRPC without TLS: anyone who can reach the port can call it; pass --tls-dir (docs/operations.md)");
+            None
+        }
+    };
     let cfg = AgentConfig {
+        tls,
         failure_domain: fallback_domain.clone(),
         id: id.clone(),
         listen: args.listen,
@@ -227,30 +323,8 @@ async fn main() -> anyhow::Result<()> {
                 agent.grpc_addr.to_string()
             }
         };
-        let settings = Settings {
-            member_id: id.clone(),
-            node_name: args.node_name.clone().filter(|n| !n.is_empty()),
-            namespace: args.namespace.clone(),
-            endpoint,
-            capacity_bytes: args.capacity,
-            failure_domain_key: args.failure_domain_key.clone(),
-            fallback_failure_domain: fallback_domain,
-            lease_duration: Duration::from_secs(args.lease_duration_secs),
-            startup_timeout: Duration::from_secs(60),
-        };
-        let mut config = kube::Config::infer().await.context(
-            "no Kubernetes client: set KUBECONFIG, or run in a pod with a service account",
-        )?;
-        // The agent makes only short calls (no watches). Without a read deadline a renewal
-        // sent into a partition waits for TCP to give up (minutes) instead of failing and
-        // being retried on a fresh connection at the next tick.
-        let deadline = potluck_agent::registration::renew_interval(settings.lease_duration)
-            .max(Duration::from_secs(2));
-        config.read_timeout = Some(deadline);
-        config.write_timeout = Some(deadline);
-        config.connect_timeout = Some(deadline);
-        let client = kube::Client::try_from(config)
-            .context("cannot build a Kubernetes client from the configuration")?;
+        let settings = kube_settings(&args, &id, &fallback_domain, endpoint);
+        let client = kube_client(&settings).await?;
         agent
             .node
             .sharing

@@ -33,6 +33,9 @@ pub struct Metrics {
     pub peer_bytes: IntCounterVec,
     pub peer_errors: IntCounterVec,
     pub degraded_stripes: IntCounter,
+    /// Calls refused for the caller's certificate: no certificate, wrong role,
+    /// revoked or expired (see `callers`).
+    pub refused_callers: IntCounter,
     pub reconstructed_stripes: IntCounter,
     pub hedged_reads: IntCounter,
     pub stripe_cache: IntCounterVec,
@@ -182,6 +185,11 @@ impl Metrics {
                 "potluck_peer_errors_total",
                 "Failed calls to peer members, by peer",
                 &["peer"],
+            )?,
+            refused_callers: counter(
+                r,
+                "potluck_tls_refused_calls_total",
+                "Calls refused because of the caller's certificate: missing, wrong role, revoked or expired",
             )?,
             degraded_stripes: counter(
                 r,

@@ -2,7 +2,7 @@
 //! shard traffic, and the framing of shards into gRPC messages.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use potluck_proto::v1::agent_control_client::AgentControlClient;
@@ -79,6 +79,13 @@ impl PeerError {
 #[derive(Default)]
 pub struct Peers {
     channels: Mutex<HashMap<String, Channel>>,
+    /// This member's certificate, when the fleet runs mutual TLS. Replacing it
+    /// drops every channel, so the next call to each peer handshakes afresh
+    /// with the renewed certificate.
+    tls: Mutex<Option<potluck_tls::Material>>,
+    /// What this member's own certificate says (serial, end), to stop serving
+    /// once it is expired or revoked.
+    own: Mutex<Option<potluck_tls::PeerIdentity>>,
 }
 
 pub fn endpoint(uri: String) -> Result<Endpoint, tonic::transport::Error> {
@@ -113,25 +120,58 @@ impl Peers {
             .max_encoding_message_size(MAX_MESSAGE_BYTES))
     }
 
+    /// Calls peers with `material` from now on (None: plaintext).
+    pub fn set_tls(&self, material: Option<potluck_tls::Material>) {
+        let own = material.as_ref().and_then(|m| {
+            let parsed = m.parse().ok()?;
+            potluck_tls::PeerIdentity::from_der(parsed.chain.first()?).ok()
+        });
+        *self.own.lock().unwrap_or_else(PoisonError::into_inner) = own;
+        *self.tls.lock().unwrap_or_else(PoisonError::into_inner) = material;
+        self.channels
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+
+    /// This member's own certificate, read, when it runs TLS.
+    pub fn own_identity(&self) -> Option<potluck_tls::PeerIdentity> {
+        self.own
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     fn channel(&self, member: &str, addr: &str) -> Result<Channel, PeerError> {
-        let mut map = match self.channels.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
+        let tls = self
+            .tls
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let mut map = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
+        // By member and address: over TLS the channel checks it reached that member.
+        let key = format!("{member}@{addr}");
+        if let Some(c) = map.get(&key) {
+            return Ok(c.clone());
+        }
+        let bad = |detail: String| PeerError::BadEndpoint {
+            member: member.to_string(),
+            endpoint: addr.to_string(),
+            detail,
         };
-        let channel = match map.get(addr) {
-            Some(c) => c.clone(),
-            None => {
-                let c = endpoint(format!("http://{addr}"))
-                    .map_err(|e| PeerError::BadEndpoint {
-                        member: member.to_string(),
-                        endpoint: addr.to_string(),
-                        detail: e.to_string(),
-                    })?
-                    .connect_lazy();
-                map.insert(addr.to_string(), c.clone());
-                c
-            }
-        };
-        Ok(channel)
+        let c = match &tls {
+            Some(m) => endpoint(format!("https://{addr}"))
+                .and_then(|e| {
+                    e.tls_config(potluck_tls::client_config(
+                        m,
+                        &potluck_tls::member_server_name(member),
+                    ))
+                })
+                .map_err(|e| bad(e.to_string()))?,
+            None => endpoint(format!("http://{addr}")).map_err(|e| bad(e.to_string()))?,
+        }
+        .connect_lazy();
+        map.insert(key, c.clone());
+        Ok(c)
     }
 }

@@ -136,6 +136,8 @@ pub fn storage_node(settings: &Settings, identity: &Identity) -> StorageNode {
             failure_domain: identity.failure_domain.clone(),
             // Left out when serialised: a person's drain is never overwritten.
             drain: false,
+            // Likewise a person's revocation.
+            revoke_certificate: false,
         },
     );
     if !identity.labels.is_empty() {
@@ -251,12 +253,32 @@ impl Registration {
         settings: Settings,
         metrics: Arc<Metrics>,
     ) -> Result<Self, RegistrationError> {
+        let identity = Self::apply_only(&client, &settings).await?;
+        let mut reg = Self {
+            client,
+            settings,
+            identity,
+            metrics,
+            lease: None,
+        };
+        // The Lease loop retries on its own; start-up does not wait for it.
+        reg.renew_and_count().await;
+        Ok(reg)
+    }
+
+    /// [`Registration::register`] without the Lease: makes the StorageNode exist, which a
+    /// member that must get its certificate (`--tls-bootstrap`) needs before it can serve,
+    /// and so before it vouches for itself with a Lease.
+    pub async fn apply_only(
+        client: &Client,
+        settings: &Settings,
+    ) -> Result<Identity, RegistrationError> {
         settings.check()?;
         let deadline = tokio::time::Instant::now() + settings.startup_timeout;
         let node = match &settings.node_name {
             Some(name) => {
                 let nodes: Api<Node> = Api::all(client.clone());
-                retry(&settings, deadline, &format!("read Node {name}"), || {
+                retry(settings, deadline, &format!("read Node {name}"), || {
                     nodes.get_opt(name)
                 })
                 .await?
@@ -275,24 +297,18 @@ impl Registration {
                 "failure domain not taken from the Kubernetes node ({why}); using the --failure-domain flag or the member id"
             );
         }
-        let mut reg = Self {
-            client,
-            settings,
-            identity,
-            metrics,
-            lease: None,
-        };
-        let what = format!("apply StorageNode {}", reg.settings.member_id);
-        retry(&reg.settings, deadline, &what, || reg.apply_storage_node()).await?;
+        let what = format!("apply StorageNode {}", settings.member_id);
+        retry(settings, deadline, &what, || {
+            apply_storage_node(client, settings, &identity)
+        })
+        .await?;
         tracing::info!(
-            member = %reg.settings.member_id,
-            endpoint = %reg.settings.endpoint,
-            failure_domain = %reg.identity.failure_domain,
+            member = %settings.member_id,
+            endpoint = %settings.endpoint,
+            failure_domain = %identity.failure_domain,
             "registered as a StorageNode"
         );
-        // The Lease loop retries on its own; start-up does not wait for it.
-        reg.renew_and_count().await;
-        Ok(reg)
+        Ok(identity)
     }
 
     pub fn identity(&self) -> &Identity {
@@ -300,14 +316,7 @@ impl Registration {
     }
 
     async fn apply_storage_node(&self) -> Result<StorageNode, kube::Error> {
-        let api: Api<StorageNode> = Api::all(self.client.clone());
-        let node = storage_node(&self.settings, &self.identity);
-        api.patch(
-            &self.settings.member_id,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&node),
-        )
-        .await
+        apply_storage_node(&self.client, &self.settings, &self.identity).await
     }
 
     /// One Lease write: an update of the Lease last seen; if it changed or
@@ -404,6 +413,21 @@ impl Registration {
             }
         }
     }
+}
+
+async fn apply_storage_node(
+    client: &Client,
+    settings: &Settings,
+    identity: &Identity,
+) -> Result<StorageNode, kube::Error> {
+    let api: Api<StorageNode> = Api::all(client.clone());
+    let node = storage_node(settings, identity);
+    api.patch(
+        &settings.member_id,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&node),
+    )
+    .await
 }
 
 /// An API error in one line: kube's own rendering repeats the whole status.

@@ -30,6 +30,15 @@ pub struct AgentConfig {
     pub capacity_bytes: u64,
     pub failure_domain: String,
     pub tuning: Tuning,
+    /// Mutual TLS on the gRPC port; None serves plaintext (a trusted network only).
+    pub tls: Option<AgentTls>,
+}
+
+/// Where this member's certificate lives and how often to look for a renewed one.
+#[derive(Clone, Debug)]
+pub struct AgentTls {
+    pub dir: PathBuf,
+    pub reload_every: std::time::Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +56,8 @@ pub enum AgentError {
     Metrics(#[from] prometheus::Error),
     #[error("reflection service: {0}")]
     Reflection(String),
+    #[error("TLS: {0}")]
+    Tls(#[from] potluck_tls::TlsError),
     #[error("gRPC server: {0}")]
     Serve(#[from] tonic::transport::Error),
     #[error(
@@ -62,6 +73,7 @@ pub struct Agent {
     pub metrics_addr: SocketAddr,
     grpc: TcpListener,
     metrics: TcpListener,
+    tls: Option<(AgentTls, potluck_tls::Material)>,
 }
 
 fn valid_id(id: &str) -> bool {
@@ -97,6 +109,16 @@ impl Agent {
             metrics,
             cfg.tuning.clone(),
         ));
+        let tls = match &cfg.tls {
+            Some(t) => {
+                let material = potluck_tls::Material::read_dir(&t.dir)?;
+                // Fail at start on files the server cannot use, not at the first handshake.
+                potluck_tls::ServerTls::new(&material)?;
+                node.peers.set_tls(Some(material.clone()));
+                Some((t.clone(), material))
+            }
+            None => None,
+        };
         let bind = |addr: SocketAddr| async move {
             TcpListener::bind(addr)
                 .await
@@ -114,6 +136,7 @@ impl Agent {
             node,
             grpc,
             metrics: metrics_l,
+            tls,
         })
     }
 
@@ -161,7 +184,25 @@ impl Agent {
         let recovery_task = tokio::spawn(crate::recovery::run(node.clone()));
         let scrub_task = tokio::spawn(crate::scrub::run(node.clone(), scrubber));
 
-        let result = tonic::transport::Server::builder()
+        let server_tls = match &self.tls {
+            Some((settings, material)) => {
+                let server_tls = potluck_tls::ServerTls::new(material)?;
+                let (renewed, peers_node) = (server_tls.clone(), node.clone());
+                let watcher = potluck_tls::watch_dir(
+                    settings.dir.clone(),
+                    settings.reload_every,
+                    material.clone(),
+                    move |m| {
+                        renewed.replace(m)?;
+                        peers_node.peers.set_tls(Some(m.clone()));
+                        Ok(())
+                    },
+                );
+                Some((server_tls, watcher))
+            }
+            None => None,
+        };
+        let router = tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .initial_stream_window_size(Some(STREAM_WINDOW))
             .initial_connection_window_size(Some(CONNECTION_WINDOW))
@@ -175,21 +216,37 @@ impl Agent {
             .http2_max_header_list_size(Some(MAX_HEADER_BYTES))
             .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
+            .layer(crate::callers::CallerCheckLayer::new(
+                node.clone(),
+                server_tls.is_some(),
+            ))
             .add_service(health_service)
             .add_service(reflection)
             .add_service(objects)
             .add_service(share_service)
             .add_service(shards)
-            .add_service(control)
-            // Our own listener (bound early to print the real port), so
-            // nodelay must be set here: the builder's tcp_nodelay only reaches
-            // listeners tonic binds itself, and Nagle plus delayed ACKs costs
-            // 40 ms on small replies.
-            .serve_with_incoming_shutdown(
-                TcpIncoming::from(self.grpc).with_nodelay(Some(true)),
-                shutdown,
-            )
-            .await;
+            .add_service(control);
+        // Our own listener (bound early to print the real port), so nodelay
+        // must be set on accepted sockets (the TLS acceptor does it too): the
+        // builder's tcp_nodelay only reaches listeners tonic binds itself, and
+        // Nagle plus delayed ACKs costs 40 ms on small replies.
+        let result = match server_tls {
+            Some((tls, watcher)) => {
+                let r = router
+                    .serve_with_incoming_shutdown(tls.incoming(self.grpc), shutdown)
+                    .await;
+                watcher.abort();
+                r
+            }
+            None => {
+                router
+                    .serve_with_incoming_shutdown(
+                        TcpIncoming::from(self.grpc).with_nodelay(Some(true)),
+                        shutdown,
+                    )
+                    .await
+            }
+        };
         gc_task.abort();
         recovery_task.abort();
         scrub_task.abort();

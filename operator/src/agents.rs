@@ -44,6 +44,8 @@ pub struct Agents {
     timeout: Duration,
     concurrency: usize,
     channels: Mutex<HashMap<String, Channel>>,
+    /// The operator's certificate (operator role) when agents speak mutual TLS.
+    tls: Mutex<Option<potluck_tls::Material>>,
 }
 
 impl Agents {
@@ -52,12 +54,29 @@ impl Agents {
             timeout,
             concurrency: concurrency.max(1),
             channels: Mutex::new(HashMap::new()),
+            tls: Mutex::new(None),
+        }
+    }
+
+    /// Calls agents with `material` from now on (None: plaintext). Channels
+    /// are dropped so the next calls handshake with it.
+    pub fn set_tls(&self, material: Option<potluck_tls::Material>) {
+        if let Ok(mut tls) = self.tls.lock() {
+            *tls = material;
+        }
+        if let Ok(mut channels) = self.channels.lock() {
+            channels.clear();
         }
     }
 
     /// A lazily connecting channel per endpoint, kept across passes so that connections are
     /// reused rather than re-established every few seconds.
-    fn client(&self, endpoint: &str) -> Result<AgentControlClient<Channel>, String> {
+    fn client(&self, id: &str, endpoint: &str) -> Result<AgentControlClient<Channel>, String> {
+        let tls = self
+            .tls
+            .lock()
+            .map_err(|_| "TLS settings poisoned".to_string())?
+            .clone();
         let mut channels = self
             .channels
             .lock()
@@ -65,12 +84,24 @@ impl Agents {
         if let Some(ch) = channels.get(endpoint) {
             return Ok(control_client(ch.clone()));
         }
-        let ch = Endpoint::from_shared(format!("http://{endpoint}"))
-            .map_err(|e| format!("endpoint {endpoint:?} is not host:port: {e}"))?
-            .connect_timeout(self.timeout)
-            .timeout(self.timeout)
-            .tcp_nodelay(true)
-            .connect_lazy();
+        let not_host_port =
+            |e: tonic::transport::Error| format!("endpoint {endpoint:?} is not host:port: {e}");
+        let ch = match &tls {
+            // The agent must prove it is the member the map says lives there.
+            Some(m) => Endpoint::from_shared(format!("https://{endpoint}"))
+                .and_then(|e| {
+                    e.tls_config(potluck_tls::client_config(
+                        m,
+                        &potluck_tls::member_server_name(id),
+                    ))
+                })
+                .map_err(not_host_port)?,
+            None => Endpoint::from_shared(format!("http://{endpoint}")).map_err(not_host_port)?,
+        }
+        .connect_timeout(self.timeout)
+        .timeout(self.timeout)
+        .tcp_nodelay(true)
+        .connect_lazy();
         channels.insert(endpoint.to_owned(), ch.clone());
         Ok(control_client(ch))
     }
@@ -101,7 +132,7 @@ impl Agents {
             .collect();
         let results: Vec<(String, AgentAnswer)> = stream::iter(live)
             .map(|(id, endpoint)| async move {
-                let r = self.sync_one(&endpoint, map, metrics).await;
+                let r = self.sync_one(&id, &endpoint, map, metrics).await;
                 if let Err(e) = &r {
                     tracing::debug!(member = %id, %endpoint, "agent unreachable: {e}");
                 }
@@ -124,8 +155,14 @@ impl Agents {
         pass
     }
 
-    async fn sync_one(&self, endpoint: &str, map: &ClusterMap, metrics: &Metrics) -> AgentAnswer {
-        let mut client = self.client(endpoint)?;
+    async fn sync_one(
+        &self,
+        id: &str,
+        endpoint: &str,
+        map: &ClusterMap,
+        metrics: &Metrics,
+    ) -> AgentAnswer {
+        let mut client = self.client(id, endpoint)?;
         let status = client.get_status(GetStatusRequest {}).await;
         metrics.agent_call("GetStatus", status.is_ok());
         let status = status

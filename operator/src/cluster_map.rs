@@ -288,6 +288,8 @@ pub fn next_map(
         require_auth: false,
         // Filled in by `shares::with_revocations`.
         revoked_shares: Vec::new(),
+        // Revoked certificate serials are added by whoever publishes the map.
+        revoked_certificates: Vec::new(),
     })
 }
 

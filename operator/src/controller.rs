@@ -31,6 +31,7 @@ use potluck_proto::v1::{ClusterMap, MemberInfo, MemberState};
 use crate::agents::Agents;
 use crate::bucket_controller;
 use crate::buckets;
+use crate::certificates;
 use crate::cluster_map::{next_map, with_access, MapError, MemberSpec, PoolSpec};
 use crate::map_store::{MapStore, Recovering, StoreError, Stored};
 use crate::membership::{map_state, next_phase, RenewalClock, Timing};
@@ -87,6 +88,8 @@ pub struct Config {
     pub agent_timeout: Duration,
     pub agent_concurrency: usize,
     pub reconcile_concurrency: u16,
+    /// The operator's certificate for calling agents over mutual TLS; None calls plaintext.
+    pub tls: Option<potluck_tls::Material>,
 }
 
 pub struct Context {
@@ -131,14 +134,21 @@ pub(crate) struct Snapshot {
 }
 
 impl Context {
+    /// Replaces the certificate the operator calls agents with (a renewal).
+    pub fn set_agent_tls(&self, material: Option<potluck_tls::Material>) {
+        self.agents.set_tls(material);
+    }
+
     pub fn new(client: Client, cfg: &Config, metrics: Metrics) -> Self {
         let reporter = Reporter {
             controller: MANAGER.into(),
             instance: Some(cfg.identity.clone()),
         };
+        let agents = Agents::new(cfg.agent_timeout, cfg.agent_concurrency);
+        agents.set_tls(cfg.tls.clone());
         Self {
             store: MapStore::new(Api::namespaced(client.clone(), &cfg.namespace)),
-            agents: Agents::new(cfg.agent_timeout, cfg.agent_concurrency),
+            agents,
             recorder: Recorder::new(client.clone(), reporter),
             namespace: cfg.namespace.clone(),
             client,
@@ -282,6 +292,12 @@ impl Context {
                     && (recovering_any
                         || fleet.reports.get(&id).is_none_or(|r| r.shard_count > 0)));
             let after = next_phase(before, node.spec.drain, silent, timing, holds);
+            // A revoked certificate takes the member out: its peers refuse it anyway.
+            let after = if node.spec.revoke_certificate {
+                NodePhase::Out
+            } else {
+                after
+            };
             phases.push((node, before, after, renewed, silent));
         }
         let ids: HashSet<String> = nodes.iter().map(|n| n.name_any()).collect();
@@ -338,6 +354,12 @@ impl Context {
             now_ms,
         )?;
         shares::collect_expired(&self.client, &self.namespace, &share_list, now_unix).await;
+        let next = certificates::with_revoked_certificates(
+            next,
+            previous,
+            certificates::revoked_serials(&nodes),
+            now_ms,
+        )?;
         if previous.map(|m| m.epoch) != Some(next.epoch) {
             let rv = fleet.stored.as_ref().map(|s| s.resource_version.clone());
             let pending = match &fleet.stored {
@@ -455,7 +477,13 @@ impl Context {
                 .get(&id)
                 .is_none_or(|t| t.elapsed() >= LAST_SEEN_REFRESH);
             if desired != current && (!only_last_seen || due) {
-                let patch = serde_json::json!({ "status": desired });
+                // `status.tls` belongs to the agent and to `certificates`: never written back
+                // from this (possibly older) read.
+                let without_tls = StorageNodeStatus {
+                    tls: None,
+                    ..desired.clone()
+                };
+                let patch = serde_json::json!({ "status": without_tls });
                 node_api
                     .patch_status(&id, &PatchParams::apply(MANAGER), &Patch::Merge(&patch))
                     .await?;

@@ -47,6 +47,21 @@ struct Args {
     /// a local fleet: anyone who reaches an agent then reads and writes every bucket.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     require_auth: bool,
+    /// The operator's TLS files (ca.pem, cert.pem, key.pem: a certificate of the cluster
+    /// CA with the operator role), for calling agents that speak mutual TLS.
+    #[arg(long, env = "POTLUCK_TLS_DIR")]
+    tls_dir: Option<std::path::PathBuf>,
+    /// Keep the cluster CA in the Secret potluck-ca (made if absent) and sign the
+    /// certificates agents started with --tls-bootstrap ask for on their StorageNodes.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    certificates: bool,
+    /// Seconds a member's certificate is valid; agents ask for a new one after 2/3 of it.
+    #[arg(long, default_value_t = 30 * 86_400, value_parser = clap::value_parser!(u64).range(60..))]
+    member_cert_validity_secs: u64,
+    /// Call agents over mutual TLS with a certificate the operator issues itself from the
+    /// cluster CA (needs --certificates; --tls-dir takes precedence), renewed in memory.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set, value_name = "BOOL")]
+    agent_tls: bool,
 }
 
 #[tokio::main]
@@ -121,6 +136,24 @@ async fn main() -> anyhow::Result<()> {
             "--require-auth=false: agents serve every bucket to callers without credentials"
         );
     }
+    let certs = if args.certificates {
+        let certs = potluck_operator::certificates::Certificates::load(
+            &client,
+            &args.namespace,
+            Duration::from_secs(args.member_cert_validity_secs),
+        )
+        .await
+        .context("cannot set up the cluster CA")?;
+        Some(certs)
+    } else {
+        anyhow::ensure!(
+            !args.agent_tls,
+            "--agent-tls needs --certificates: the operator's certificate comes from the cluster CA"
+        );
+        None
+    };
+    // The operator's own certificate, renewed by `certificates`, unless files were given.
+    let own_tls = args.agent_tls && args.tls_dir.is_none();
     let cfg = Config {
         namespace: args.namespace.clone(),
         require_auth: args.require_auth,
@@ -128,8 +161,28 @@ async fn main() -> anyhow::Result<()> {
         agent_timeout: Duration::from_secs(args.agent_timeout_secs.max(1)),
         agent_concurrency: args.agent_concurrency,
         reconcile_concurrency: args.reconcile_concurrency.max(1),
+        tls: args
+            .tls_dir
+            .as_deref()
+            .map(potluck_tls::Material::read_dir)
+            .transpose()
+            .context("cannot use --tls-dir")?
+            .or_else(|| {
+                certs
+                    .as_ref()
+                    .filter(|_| own_tls)
+                    .map(|c| c.operator_material())
+            }),
     };
-    let ctx = Arc::new(Context::new(client, &cfg, metrics.clone()));
+    let ctx = Arc::new(Context::new(client.clone(), &cfg, metrics.clone()));
+    let cert_task = certs.map(|certs| {
+        let ctx = ctx.clone();
+        tokio::spawn(certs.run(client, move |material| {
+            if own_tls {
+                ctx.set_agent_tls(Some(material));
+            }
+        }))
+    });
     let outcome = tokio::select! {
         _ = controller::run(ctx, cfg.reconcile_concurrency) => Err(anyhow::anyhow!("the controller stopped")),
         lost = lost(&mut leader) => Err(anyhow::anyhow!(
@@ -139,6 +192,9 @@ async fn main() -> anyhow::Result<()> {
         _ = &mut shutdown => Ok(()),
     };
     metrics.set_leader(false);
+    if let Some(task) = cert_task {
+        task.abort();
+    }
     drop(leader);
     // Hand the Lease over at once on a clean stop, instead of making the standby wait it out.
     match lease_task.await {

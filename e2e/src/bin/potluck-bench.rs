@@ -152,20 +152,10 @@ async fn fleet_bench(fleet: &Fleet, size: usize, reps: usize) -> (f64, f64) {
 /// Latency of one 256 KiB PutShard to a peer over gRPC, synced on its disk.
 async fn shard_put_latency(fleet: &Fleet, n: usize) -> (f64, f64) {
     let ep = fleet.endpoints()[1].clone();
-    let channel = potluck_agent::peers::endpoint(ep)
-        .expect("ep")
-        .connect()
-        .await
-        .expect("connect");
-    let mut c = pb::shard_service_client::ShardServiceClient::new(channel)
+    let channel = potluck_e2e::try_channel(&ep).await.expect("connect");
+    let mut c = pb::shard_service_client::ShardServiceClient::new(channel.clone())
         .max_encoding_message_size(potluck_agent::peers::MAX_MESSAGE_BYTES);
-    let mut ctl = pb::agent_control_client::AgentControlClient::new(
-        potluck_agent::peers::endpoint(fleet.endpoints()[1].clone())
-            .expect("ep")
-            .connect()
-            .await
-            .expect("connect"),
-    );
+    let mut ctl = pb::agent_control_client::AgentControlClient::new(channel);
     let epoch = ctl
         .get_status(pb::GetStatusRequest {})
         .await

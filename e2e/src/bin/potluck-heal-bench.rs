@@ -24,7 +24,7 @@ use bytes::Bytes;
 use potluck_api::{PoolHealth, StoragePool, StoragePoolSpec};
 use potluck_cli::dev_cluster::{DevCluster, DevClusterConfig};
 use potluck_e2e::control_plane::ControlPlane;
-use potluck_e2e::{header, object_client, random_bytes, FleetConfig, MIB};
+use potluck_e2e::{header, object_client, random_bytes, MIB};
 use potluck_proto::v1 as pb;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -572,7 +572,7 @@ async fn main() {
         .expect("temp dir");
     let cp = ControlPlane::start(&dir.path().join("cp"));
 
-    let mut fleet = FleetConfig::new(dir.path().join("fleet"));
+    let mut fleet = potluck_e2e::fleet_config(dir.path().join("fleet"));
     fleet.agents = s.agents;
     fleet.k = s.k;
     fleet.m = s.m;

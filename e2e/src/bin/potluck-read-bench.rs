@@ -13,7 +13,7 @@
 
 use std::time::{Duration, Instant};
 
-use potluck_e2e::{object_client, put, random_bytes, FleetConfig, MIB};
+use potluck_e2e::{object_client, put, random_bytes, MIB};
 use potluck_proto::v1 as pb;
 
 const BUCKET: &str = "readbench";
@@ -43,7 +43,7 @@ async fn measure(run: &Run, reads: usize, delay_ms: u64) -> anyhow::Result<Laten
     let dir = tempfile::Builder::new()
         .prefix("potluck-read-bench-")
         .tempdir()?;
-    let mut cfg = FleetConfig::new(dir.path());
+    let mut cfg = potluck_e2e::fleet_config(dir.path());
     // The stripe cache off: every read must go to the shard holders, or after the first
     // pass all reads would be answered from the gateway's memory.
     cfg.extra_agent_args = vec![

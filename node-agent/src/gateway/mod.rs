@@ -48,7 +48,7 @@ impl Gateway {
     }
 
     /// Validates an object address and finds its newest live manifest.
-    async fn live(
+    pub(crate) async fn live(
         &self,
         bucket: &str,
         key: &str,
