@@ -326,6 +326,7 @@ async fn keys_of_bucket_a_cannot_read_bucket_b() {
         std::process::Command::new(&potluck)
             .args(["ls", target])
             .env("POTLUCK_ENDPOINT", &endpoint)
+            .env("POTLUCK_TLS_DIR", potluck_e2e::client_tls_dir())
             .env("POTLUCK_ACCESS_KEY", id)
             .env("POTLUCK_SECRET_KEY", secret)
             .env_remove("POTLUCK_CREDENTIALS")

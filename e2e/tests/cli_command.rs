@@ -278,6 +278,7 @@ async fn the_command_puts_gets_lists_stats_and_removes() {
     let out = tokio::process::Command::new(find_potluck_bin())
         .args(["put", &obj("from-file"), "-"])
         .env("POTLUCK_ENDPOINT", &endpoints)
+        .env("POTLUCK_TLS_DIR", client_tls_dir())
         .stdin(std::fs::File::open(&small).expect("open"))
         .output()
         .await
