@@ -766,22 +766,18 @@ impl Fleet {
     fn build_map(&self, previous: Option<&ClusterMap>) -> Result<ClusterMap, FleetError> {
         let members = self.member_specs();
         let pools = self.cfg.effective_pools();
-        let mut map = cluster_map::next_map(previous, &members, &pools, now_unix_ms())?;
-        let revoked: Vec<_> = self
+        let map = cluster_map::next_map(previous, &members, &pools, now_unix_ms())?;
+        let revoked = self
             .revoked
             .iter()
             .map(|s| tonic::codegen::Bytes::copy_from_slice(s))
             .collect();
-        if map.revoked_certificates != revoked {
-            // `next_map` keeps the epoch when placement is unchanged, but agents take only
-            // newer epochs: a revocation alone must mint one.
-            if previous.is_some_and(|p| p.epoch == map.epoch) {
-                map.epoch += 1;
-                map.created_unix_ms = now_unix_ms();
-            }
-            map.revoked_certificates = revoked;
-        }
-        Ok(map)
+        Ok(potluck_operator::certificates::with_revoked_certificates(
+            map,
+            previous,
+            revoked,
+            now_unix_ms(),
+        )?)
     }
 
     /// Serial of the certificate agent `index` got at its latest start, if TLS is on.

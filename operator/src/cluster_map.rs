@@ -304,12 +304,23 @@ pub fn with_access(
     require_auth: bool,
     now_unix_ms: u64,
 ) -> Result<ClusterMap, MapError> {
-    let reused = previous.is_some_and(|p| p.epoch == next.epoch);
-    if reused && next.buckets == buckets && next.require_auth == require_auth {
+    if next.buckets == buckets && next.require_auth == require_auth {
         return Ok(next);
     }
     next.buckets = buckets;
     next.require_auth = require_auth;
+    next_epoch_if_reused(next, previous, now_unix_ms)
+}
+
+/// `next` with one more epoch if it still carries `previous`'s: for changes beyond placement
+/// (access, revocations), which `next_map` does not see but agents must, and they apply only
+/// newer epochs.
+pub fn next_epoch_if_reused(
+    mut next: ClusterMap,
+    previous: Option<&ClusterMap>,
+    now_unix_ms: u64,
+) -> Result<ClusterMap, MapError> {
+    let reused = previous.is_some_and(|p| p.epoch == next.epoch);
     if reused {
         next.epoch = next
             .epoch

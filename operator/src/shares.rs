@@ -61,19 +61,11 @@ pub fn with_revocations(
     revoked: Vec<RevokedShare>,
     now_unix_ms: u64,
 ) -> Result<ClusterMap, MapError> {
-    let reused = previous.is_some_and(|p| p.epoch == next.epoch);
     if next.revoked_shares == revoked {
         return Ok(next);
     }
     next.revoked_shares = revoked;
-    if reused {
-        next.epoch = next
-            .epoch
-            .checked_add(1)
-            .ok_or(MapError::EpochExhausted(next.epoch))?;
-        next.created_unix_ms = now_unix_ms;
-    }
-    Ok(next)
+    crate::cluster_map::next_epoch_if_reused(next, previous, now_unix_ms)
 }
 
 /// Deletes Shares whose expiry has passed: their tokens open nothing any more. Best effort;
