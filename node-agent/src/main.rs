@@ -185,15 +185,23 @@ fn kube_settings(args: &Args, id: &str, fallback_domain: &str, endpoint: String)
     }
 }
 
+/// The agent makes only short calls (no watches). Without a read deadline a renewal sent
+/// into a partition waits for TCP to give up (minutes) instead of failing and being
+/// retried on a fresh connection at the next tick.
 async fn kube_client(settings: &Settings) -> anyhow::Result<kube::Client> {
+    let deadline = potluck_agent::registration::renew_interval(settings.lease_duration)
+        .max(Duration::from_secs(2));
+    kube_client_with_deadline(deadline).await
+}
+
+/// Share grants are written while a user waits, and the first write of a kind can take
+/// the API server seconds; a lease-sized deadline would fail them spuriously.
+const SHARE_API_DEADLINE: Duration = Duration::from_secs(15);
+
+async fn kube_client_with_deadline(deadline: Duration) -> anyhow::Result<kube::Client> {
     let mut config = kube::Config::infer()
         .await
         .context("no Kubernetes client: set KUBECONFIG, or run in a pod with a service account")?;
-    // The agent makes only short calls (no watches). Without a read deadline a renewal
-    // sent into a partition waits for TCP to give up (minutes) instead of failing and
-    // being retried on a fresh connection at the next tick.
-    let deadline = potluck_agent::registration::renew_interval(settings.lease_duration)
-        .max(Duration::from_secs(2));
     config.read_timeout = Some(deadline);
     config.write_timeout = Some(deadline);
     config.connect_timeout = Some(deadline);
@@ -325,10 +333,10 @@ async fn main() -> anyhow::Result<()> {
         };
         let settings = kube_settings(&args, &id, &fallback_domain, endpoint);
         let client = kube_client(&settings).await?;
-        agent
-            .node
-            .sharing
-            .set_kubernetes(client.clone(), &args.namespace);
+        agent.node.sharing.set_kubernetes(
+            kube_client_with_deadline(SHARE_API_DEADLINE).await?,
+            &args.namespace,
+        );
         let registration = Registration::register(client, settings, agent.node.metrics.clone())
             .await
             .context("registering with Kubernetes failed")?;
