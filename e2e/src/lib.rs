@@ -420,21 +420,38 @@ pub async fn fleet_metric(fleet: &Fleet, name: &str, filter: &str) -> f64 {
 
 /// Like [`metric`], summing only label sets that contain every one of `filters`.
 pub async fn metric_matching(metrics_addr: &str, name: &str, filters: &[&str]) -> f64 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(metrics_addr)
-        .await
-        .unwrap_or_else(|e| panic!("metrics at {metrics_addr}: {e}"));
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        .await
-        .expect("send metrics request");
-    let mut body = String::new();
-    s.read_to_string(&mut body).await.expect("read metrics");
+    let (_, body) = http_get(metrics_addr, "/metrics").await;
     body.lines()
         .filter(|l| !l.starts_with('#'))
         .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
         .filter(|l| filters.iter().all(|f| l.contains(f)))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// A plain HTTP/1.0 GET of `path` on an agent's or the operator's HTTP port:
+/// (status code, body).
+pub async fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("HTTP at {addr}: {e}"));
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+        .await
+        .expect("send HTTP request");
+    let mut response = String::new();
+    s.read_to_string(&mut response)
+        .await
+        .expect("read HTTP response");
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response from {addr}{path}: {response:.200}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, b)| b.to_owned());
+    (status, body)
 }
 
 /// Every file under `dir`, recursively (an unreadable directory counts as empty).

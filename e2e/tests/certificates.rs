@@ -7,6 +7,9 @@
 //!   and the agent then serves mutual TLS with a certificate naming that member and no other;
 //!   its key is on its disk only;
 //! - the operator calls the agent with its own in-memory certificate (--agent-tls);
+//! - the agent answers the kubelet's probes on its metrics port (`/healthz`, `/readyz`);
+//! - a Bucket gets a client certificate of the cluster CA in Secret `<bucket>-client-tls`,
+//!   usable as `potluck --tls-dir` files, that opens a mutual-TLS connection to the agent;
 //! - `spec.revokeCertificate: true` puts the member's serial in the stored cluster map and
 //!   marks it Out.
 
@@ -14,14 +17,15 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use kube::api::{Patch, PatchParams};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client};
-use potluck_api::{NodePhase, StorageNode};
+use potluck_api::{Bucket, BucketSpec, NodePhase, StorageNode};
 use potluck_cli::fleet::{find_agent_bin, log_tail, parse_ready_line, READY_PREFIX};
 use potluck_e2e::control_plane::{repo_root, ControlPlane};
-use potluck_e2e::wait_until;
+use potluck_e2e::{http_get, wait_until};
 use potluck_operator::map_store::MapStore;
 use potluck_tls::{client_config, member_server_name, ClusterCa, Subject};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -352,6 +356,18 @@ async fn operator_keeps_the_ca_signs_a_members_csr_and_publishes_its_revocation(
         Ok(serial.clone())
     );
 
+    // Kubernetes probes the metrics port, since the gRPC port wants a client certificate.
+    let metrics_addr = ready.metrics.to_string();
+    assert_eq!(http_get(&metrics_addr, "/healthz").await.0, 200);
+    assert_eq!(
+        http_get(&metrics_addr, "/readyz").await,
+        (200, "ok\n".to_owned())
+    );
+
+    // A Bucket gets a client certificate of the cluster CA in Secret <bucket>-client-tls,
+    // which opens a mutual-TLS connection to the agent as a client named after the bucket.
+    bucket_client_certificate(&client, &ca, &addr, dir.path()).await;
+
     // Rotation: after 2/3 of its life the agent asks again and serves the new certificate
     // without a restart.
     let rotated = std::time::Instant::now();
@@ -407,4 +423,66 @@ async fn operator_keeps_the_ca_signs_a_members_csr_and_publishes_its_revocation(
             == Some(NodePhase::Out)
     })
     .await;
+}
+
+async fn bucket_client_certificate(client: &Client, ca: &ClusterCa, addr: &str, dir: &Path) {
+    let ns = "team-a";
+    Api::<Namespace>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &Namespace {
+                metadata: ObjectMeta {
+                    name: Some(ns.into()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("namespace");
+    let bucket = Bucket::new(
+        "alpha",
+        BucketSpec {
+            pool: "default".into(),
+            bucket_name: None,
+            secret_name: None,
+        },
+    );
+    Api::<Bucket>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &bucket)
+        .await
+        .expect("Bucket");
+    let secrets = Api::<Secret>::namespaced(client.clone(), ns);
+    wait_until(LIMIT, || async {
+        secrets
+            .get_opt("alpha-client-tls")
+            .await
+            .ok()
+            .flatten()
+            .is_some()
+    })
+    .await;
+    let secret = secrets.get("alpha-client-tls").await.expect("Secret");
+    assert_eq!(secret.type_.as_deref(), Some("kubernetes.io/tls"));
+    let owner = secret.metadata.owner_references.clone().unwrap_or_default();
+    assert!(
+        owner
+            .iter()
+            .any(|o| o.kind == "Bucket" && o.name == "alpha"),
+        "owned by the Bucket, so deleted with it: {owner:?}"
+    );
+    // As a user saves it: the Secret's keys as files, which `potluck --tls-dir` reads.
+    let tls_dir = dir.join("alpha-tls");
+    std::fs::create_dir_all(&tls_dir).expect("dir");
+    for (name, value) in secret.data.expect("data") {
+        std::fs::write(tls_dir.join(name), value.0).expect("write");
+    }
+    let material = potluck_tls::Material::read_dir(&tls_dir).expect("a usable client material");
+    assert_eq!(material.ca_pem, ca.cert_pem());
+    let parsed = material.parse().expect("PEM");
+    let id = potluck_tls::PeerIdentity::from_der(&parsed.chain[0]).expect("certificate");
+    assert_eq!(id.role, potluck_tls::Role::Client("alpha".into()));
+    healthy_over_tls(addr, &material, &member_server_name("member-1"))
+        .await
+        .expect("the bucket's certificate opens a mutual-TLS connection");
 }

@@ -417,6 +417,8 @@ fn service_accounts_hold_least_privilege_that_suffices() {
             ],
             &["get", "secrets", "-n", "team-a"],
             &["create", "secrets", "-n", "team-a"],
+            // Renews a Bucket's client certificate.
+            &["patch", "secrets", "-n", "team-a"],
             &[
                 "patch",
                 "storagepools.potluck.dev",
@@ -463,7 +465,6 @@ fn service_accounts_hold_least_privilege_that_suffices() {
             &["list", "secrets", "-A"],
             &["watch", "secrets", "-A"],
             &["update", "secrets", "-n", "team-a"],
-            &["patch", "secrets", "-n", "team-a"],
             &["delete", "secrets", "-n", "team-a"],
             &["create", "buckets.potluck.dev", "-n", "team-a"],
             &["patch", "buckets.potluck.dev", "-n", "team-a"],
@@ -777,7 +778,7 @@ fn workloads_carry_the_names_flags_env_and_ports_the_binaries_expect() {
     );
     assert_eq!(
         c(&operator, "operator", ".args"),
-        r#"["--metrics-listen=0.0.0.0:9200","--require-auth=true"]"#
+        r#"["--metrics-listen=0.0.0.0:9200","--require-auth=true","--agent-tls=true"]"#
     );
     assert_eq!(
         c(
@@ -823,7 +824,7 @@ fn workloads_carry_the_names_flags_env_and_ports_the_binaries_expect() {
     assert_eq!(c(&agent, "agent", ".command"), r#"["potluck-agent"]"#);
     assert_eq!(
         c(&agent, "agent", ".args"),
-        r#"["--kubernetes","--listen=0.0.0.0:7100","--metrics-listen=0.0.0.0:9100","--data-dir=/var/lib/potluck","--capacity=$(POTLUCK_CAPACITY)","--advertise=$(POD_IP):7100","--http-listen=0.0.0.0:8080"]"#
+        r#"["--kubernetes","--listen=0.0.0.0:7100","--metrics-listen=0.0.0.0:9100","--data-dir=/var/lib/potluck","--capacity=$(POTLUCK_CAPACITY)","--advertise=$(POD_IP):7100","--tls-bootstrap","--http-listen=0.0.0.0:8080"]"#
     );
     let env: Vec<String> = [
         "NODE_NAME",
@@ -855,11 +856,20 @@ fn workloads_carry_the_names_flags_env_and_ports_the_binaries_expect() {
         c(&agent, "agent", ".ports[*]['name', 'containerPort']"),
         "grpc metrics share-http 7100 9100 8080"
     );
-    for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
+    // The gRPC port speaks mutual TLS only; the kubelet has no client certificate.
+    for (probe, path) in [
+        ("startupProbe", "/healthz"),
+        ("readinessProbe", "/readyz"),
+        ("livenessProbe", "/healthz"),
+    ] {
         assert_eq!(
-            c(&agent, "agent", &format!(".{probe}.grpc.port")),
-            "7100",
-            "{probe}: gRPC health on the serving port"
+            c(
+                &agent,
+                "agent",
+                &format!(".{probe}.httpGet['path', 'port']")
+            ),
+            format!("{path} metrics"),
+            "{probe}: HTTP on the metrics port (9100)"
         );
     }
     assert_eq!(

@@ -123,6 +123,19 @@ fn serving(
     Ok(())
 }
 
+/// What `/readyz` reports: a member that serves nothing (its own certificate expired or
+/// was revoked) is not ready, so Kubernetes shows it and takes it out of the gateway
+/// Service instead of routing clients to an agent that refuses every call.
+pub fn readiness(node: &Node) -> Result<(), String> {
+    let view = node.cluster.view();
+    serving(
+        node.peers.own_identity(),
+        &view.map.revoked_certificates,
+        SystemTime::now(),
+    )
+    .map_err(|s| s.message().to_owned())
+}
+
 /// A tower layer putting [`check`] in front of every service of a TLS agent.
 /// Without TLS (`enforce` false) there are no certificates to judge and the
 /// layer passes every call: such an agent trusts its network.

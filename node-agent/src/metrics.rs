@@ -359,28 +359,50 @@ pub fn code_name(code: tonic::Code) -> &'static str {
     }
 }
 
-/// Serves `/metrics` over plain HTTP/1 until the process ends.
+/// Whether the agent can serve calls; `Err` says why not.
+pub type Readiness = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+/// Serves `/metrics`, `/healthz` and `/readyz` over plain HTTP/1 until the process ends.
+/// Kubernetes probes these rather than the gRPC port: with mutual TLS a probe has no
+/// client certificate, and the kubelet's gRPC probe cannot present one.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
     store: Arc<ShardStore>,
+    ready: Readiness,
 ) -> std::io::Result<()> {
+    use axum::http::StatusCode;
     use axum::{routing::get, Router};
-    let app = Router::new().route(
-        "/metrics",
-        get(move || {
-            let (metrics, store) = (metrics.clone(), store.clone());
-            async move {
-                let body = tokio::task::spawn_blocking(move || metrics.render(&store))
-                    .await
-                    .unwrap_or_else(|e| format!("# metrics task failed: {e}\n"));
-                (
-                    [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
-                    body,
-                )
-            }
-        }),
-    );
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let (metrics, store) = (metrics.clone(), store.clone());
+                async move {
+                    let body = tokio::task::spawn_blocking(move || metrics.render(&store))
+                        .await
+                        .unwrap_or_else(|e| format!("# metrics task failed: {e}\n"));
+                    (
+                        [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+                        body,
+                    )
+                }
+            }),
+        )
+        // Answered by the same runtime that serves gRPC: a wedged runtime fails it.
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = ready.clone();
+                async move {
+                    match ready() {
+                        Ok(()) => (StatusCode::OK, "ok\n".to_owned()),
+                        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
+                    }
+                }
+            }),
+        );
     axum::serve(listener, app).await
 }
 

@@ -175,10 +175,12 @@ impl Agent {
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
 
+        let ready_node = node.clone();
         let metrics_task = tokio::spawn(crate::metrics::serve(
             self.metrics,
             node.metrics.clone(),
             node.store.clone(),
+            Arc::new(move || crate::callers::readiness(&ready_node)),
         ));
         let gc_task = tokio::spawn(crate::gc::run(node.clone()));
         let recovery_task = tokio::spawn(crate::recovery::run(node.clone()));

@@ -47,6 +47,10 @@ async fn reconcile(bucket: Arc<Bucket>, ctx: Arc<Context>) -> Result<Action, Err
         return Ok(Action::await_change());
     }
     let material = buckets::ensure_secret(&ctx.client, &bucket).await?;
+    if let Some(certs) = ctx.certificates.get() {
+        crate::client_certificates::ensure(&ctx.client, &bucket, certs.ca(), certs.validity())
+            .await?;
+    }
     let key_id = material.as_ref().ok().map(|m| m.id.clone());
     let granted = material
         .as_ref()

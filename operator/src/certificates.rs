@@ -244,6 +244,15 @@ impl Certificates {
         self.ca.cert_pem()
     }
 
+    pub fn ca(&self) -> &ClusterCa {
+        &self.ca
+    }
+
+    /// How long the certificates it issues to members and Buckets last.
+    pub fn validity(&self) -> Duration {
+        self.member_validity
+    }
+
     /// Signs members' CSRs, records revocations, and renews the operator's certificate
     /// (handing each new one to `renewed`), until the task is dropped.
     pub async fn run(self: Arc<Self>, client: Client, renewed: impl Fn(Material) + Send) {

@@ -64,6 +64,8 @@ pub enum Error {
     Finalizer(String),
     #[error(transparent)]
     Secret(#[from] buckets::SecretError),
+    #[error("bucket client certificate: {0}")]
+    ClientCertificate(#[from] crate::certificates::CertError),
 }
 
 impl Error {
@@ -76,6 +78,7 @@ impl Error {
             Error::Map(_) => "map",
             Error::Finalizer(_) => "finalizer",
             Error::Secret(_) => "secret",
+            Error::ClientCertificate(_) => "client_certificate",
         }
     }
 }
@@ -103,6 +106,8 @@ pub struct Context {
     require_auth: bool,
     /// Each Bucket's credentials as its last reconcile read them (by uid).
     pub(crate) bucket_keys: std::sync::Mutex<buckets::Resolved>,
+    /// The cluster CA, when the operator keeps one: Buckets get client certificates from it.
+    pub(crate) certificates: std::sync::OnceLock<Arc<crate::certificates::Certificates>>,
 }
 
 #[derive(Default)]
@@ -156,7 +161,13 @@ impl Context {
             fleet: tokio::sync::Mutex::new(Fleet::default()),
             require_auth: cfg.require_auth,
             bucket_keys: std::sync::Mutex::new(buckets::Resolved::new()),
+            certificates: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Hands the cluster CA to the Bucket controller (set once, at start-up).
+    pub fn set_certificates(&self, certs: Arc<crate::certificates::Certificates>) {
+        let _ = self.certificates.set(certs);
     }
 
     async fn event(

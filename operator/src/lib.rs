@@ -9,6 +9,7 @@ pub mod agents;
 pub mod bucket_controller;
 pub mod buckets;
 pub mod certificates;
+pub mod client_certificates;
 pub mod cluster_map;
 pub mod controller;
 pub mod map_store;

@@ -176,6 +176,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let ctx = Arc::new(Context::new(client.clone(), &cfg, metrics.clone()));
     let cert_task = certs.map(|certs| {
+        ctx.set_certificates(certs.clone());
         let ctx = ctx.clone();
         tokio::spawn(certs.run(client, move |material| {
             if own_tls {
