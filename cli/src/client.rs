@@ -197,6 +197,11 @@ pub struct ClientOptions {
     /// connects with mutual TLS (every endpoint becomes https), `None` with
     /// plaintext, which a fleet with TLS refuses.
     pub tls: Option<potluck_tls::Material>,
+    /// Also connect to every Up member the first gateway's cluster map lists, so that calls
+    /// spread over the whole fleet when only one address (a Service) was given. Off by
+    /// default: from outside a cluster the members' addresses are usually unreachable, and
+    /// each would cost a connect timeout.
+    pub discover: bool,
 }
 
 impl Default for ClientOptions {
@@ -205,6 +210,7 @@ impl Default for ClientOptions {
             pool: String::new(),
             credentials: None,
             tls: None,
+            discover: false,
             connect_timeout: Duration::from_secs(5),
             request_timeout: Some(Duration::from_secs(60)),
         }
@@ -560,36 +566,17 @@ impl Client {
                 }
             }
         }
-        let attempts = uris.iter().map(|uri| {
-            let uri = uri.clone();
-            let timeout = options.connect_timeout;
-            let tls = options.tls.clone();
-            async move {
-                let result = connect_one(&uri, timeout, tls.as_ref()).await;
-                (uri, result)
-            }
-        });
-        let mut gateways = Vec::new();
-        let mut failures = Vec::new();
-        for (uri, result) in futures::future::join_all(attempts).await {
-            match result {
-                Ok(channel) => {
-                    let client = ObjectServiceClient::new(channel.clone())
-                        .max_decoding_message_size(MAX_MESSAGE_SIZE)
-                        .max_encoding_message_size(MAX_MESSAGE_SIZE);
-                    gateways.push(Gateway {
-                        uri,
-                        channel,
-                        client,
-                    });
-                }
-                Err(reason) => failures.push(format!("{uri}: {reason}")),
-            }
-        }
+        let (mut gateways, mut failures) = connect_all(&uris, &options).await;
         if gateways.is_empty() {
             return Err(ClientError::Unreachable {
                 details: failures.join("; "),
             });
+        }
+        if options.discover {
+            let more = discover(&gateways[0], &uris, &options).await;
+            let (found, failed) = connect_all(&more, &options).await;
+            gateways.extend(found);
+            failures.extend(failed);
         }
         for failure in &failures {
             tracing::debug!("skipping endpoint {failure}");
@@ -1056,6 +1043,69 @@ impl Client {
 
 /// A channel to one agent. Over TLS the agent must prove it is a member of
 /// the cluster (any member: a gateway address says nothing about which).
+/// Connects to every uri at once: the gateways that answered, and a line per failure.
+async fn connect_all(uris: &[String], options: &ClientOptions) -> (Vec<Gateway>, Vec<String>) {
+    let attempts = uris.iter().map(|uri| async move {
+        let result = connect_one(uri, options.connect_timeout, options.tls.as_ref()).await;
+        (uri.clone(), result)
+    });
+    let mut gateways = Vec::new();
+    let mut failures = Vec::new();
+    for (uri, result) in futures::future::join_all(attempts).await {
+        match result {
+            Ok(channel) => {
+                let client = ObjectServiceClient::new(channel.clone())
+                    .max_decoding_message_size(MAX_MESSAGE_SIZE)
+                    .max_encoding_message_size(MAX_MESSAGE_SIZE);
+                gateways.push(Gateway {
+                    uri,
+                    channel,
+                    client,
+                });
+            }
+            Err(reason) => failures.push(format!("{uri}: {reason}")),
+        }
+    }
+    (gateways, failures)
+}
+
+/// The endpoints of the other Up members, from `via`'s cluster map, in the scheme the
+/// client uses. Best effort: a map that cannot be had leaves the client as it was.
+async fn discover(via: &Gateway, known: &[String], options: &ClientOptions) -> Vec<String> {
+    use potluck_proto::v1::agent_control_client::AgentControlClient;
+    use potluck_proto::v1::{GetClusterMapRequest, MemberState};
+    let mut control =
+        AgentControlClient::new(via.channel.clone()).max_decoding_message_size(MAX_MESSAGE_SIZE);
+    let mut request = tonic::Request::new(GetClusterMapRequest {});
+    request.set_timeout(options.connect_timeout);
+    let map = match control.get_cluster_map(request).await {
+        Ok(map) => map.into_inner(),
+        Err(e) => {
+            tracing::debug!("no cluster map from {}: {}", via.uri, e.message());
+            return Vec::new();
+        }
+    };
+    let scheme = if options.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let mut found: Vec<String> = map
+        .members
+        .iter()
+        .filter(|m| MemberState::try_from(m.state) == Ok(MemberState::Up))
+        .filter_map(|m| normalize_endpoint(&m.endpoint).ok())
+        .map(|uri| match uri.split_once("://") {
+            Some((_, rest)) => format!("{scheme}://{rest}"),
+            None => uri,
+        })
+        .filter(|uri| !known.contains(uri))
+        .collect();
+    found.sort();
+    found.dedup();
+    found
+}
+
 pub async fn connect_one(
     uri: &str,
     timeout: Duration,

@@ -84,6 +84,12 @@ struct Cli {
     #[arg(long, global = true, env = "POTLUCK_TLS_DIR", value_name = "DIR")]
     tls_dir: Option<PathBuf>,
 
+    /// Also use every member the cluster map lists as a gateway, so one address (a
+    /// Service) is enough to spread transfers over the whole fleet. Only where the
+    /// members' own addresses are reachable, e.g. inside the cluster.
+    #[arg(long, global = true, env = "POTLUCK_DISCOVER")]
+    discover: bool,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -505,6 +511,7 @@ async fn run(cli: Cli) -> Result<()> {
         pool: cli.pool.clone().unwrap_or_default(),
         credentials,
         tls,
+        discover: cli.discover,
         ..ClientOptions::default()
     };
     let client = Client::connect_with(&cli.endpoint, options).await?;

@@ -436,6 +436,40 @@ async fn failed_and_dropped_puts_commit_nothing_and_calls_spread() {
         .collect();
     assert_eq!(keys, ["spread-0", "spread-1", "spread-2", "spread-3"]);
 
+    // Given one address and --discover, the client learns the other members from the map
+    // and spreads calls over all of them.
+    let one = fleet.endpoint(2);
+    let discovered = potluck_cli::client::Client::connect_with(
+        &[one.clone()],
+        potluck_cli::client::ClientOptions {
+            discover: true,
+            ..potluck_e2e::cli_options()
+        },
+    )
+    .await
+    .expect("connect and discover");
+    let mut found = discovered.endpoints();
+    assert_eq!(found[0], one, "the given address comes first");
+    found.sort();
+    let mut all: Vec<String> = (0..fleet.len()).map(|i| fleet.endpoint(i)).collect();
+    all.sort();
+    assert_eq!(found, all, "every member of the fleet is a gateway");
+    let before: Vec<f64> =
+        futures::future::join_all((0..fleet.len()).map(|i| puts_served_by(&fleet, i, None))).await;
+    for i in 0..fleet.len() {
+        discovered
+            .put_bytes(B, &format!("discovered-{i}"), vec![2u8])
+            .await
+            .expect("put");
+    }
+    for (i, was) in before.iter().enumerate() {
+        assert_eq!(
+            puts_served_by(&fleet, i, None).await - was,
+            1.0,
+            "gateway {i} served one of the puts"
+        );
+    }
+
     let err = potluck_e2e::cli_client(&[dead])
         .await
         .expect_err("nobody answers");
