@@ -440,7 +440,7 @@ async fn failed_and_dropped_puts_commit_nothing_and_calls_spread() {
     // and spreads calls over all of them.
     let one = fleet.endpoint(2);
     let discovered = potluck_cli::client::Client::connect_with(
-        &[one.clone()],
+        std::slice::from_ref(&one),
         potluck_cli::client::ClientOptions {
             discover: true,
             ..potluck_e2e::cli_options()
