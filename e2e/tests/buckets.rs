@@ -17,7 +17,7 @@ use potluck_api::{Bucket, BucketSpec, StoragePoolSpec};
 use potluck_cli::client::{Client, ClientError, ClientOptions, Credentials};
 use potluck_cli::dev_cluster::{DevCluster, DevClusterConfig};
 use potluck_e2e::control_plane::{table_row, ControlPlane};
-use potluck_e2e::{find_potluck_bin, object_client, random_bytes};
+use potluck_e2e::{find_potluck_bin, object_client, random_bytes, wait_until};
 use potluck_proto::v1::{GetClusterMapRequest, ListObjectsRequest};
 use tonic::Code;
 
@@ -431,6 +431,12 @@ async fn keys_of_bucket_a_cannot_read_bucket_b() {
         "{table}"
     );
 
+    // A few more objects for the purge to find.
+    for i in 0..5 {
+        a.put_bytes("alpha", &format!("more/{i}"), random_bytes(70_000, i))
+            .await
+            .expect("put");
+    }
     // Deleting A takes its key away with the next map; B is untouched.
     let epoch_before = map.epoch;
     Api::<Bucket>::namespaced(cluster.client(), "team-a")
@@ -463,9 +469,29 @@ async fn keys_of_bucket_a_cannot_read_bucket_b() {
         "A's key is still in the map"
     );
     b.stat("beta", "dog.jpg").await.expect("B still works");
-    // The name is free again, and the Bucket that waited for it gets it (docs/kubernetes.md:
-    // a deleted Bucket's objects stay, so empty a bucket before deleting its Bucket).
+    // The operator empties the deleted bucket before it lets the Bucket go; then the name is
+    // free again, and the Bucket that waited for it gets it, with none of A's objects.
+    wait_until(LIMIT, || async {
+        Api::<Bucket>::namespaced(cluster.client(), "team-a")
+            .get_opt("alpha")
+            .await
+            .is_ok_and(|b| b.is_none())
+    })
+    .await;
     wait_ready_reason(&cluster, "team-b", "copycat", REASON_PUBLISHED).await;
+    wait_until(LIMIT, || async {
+        copy.stat("alpha", "missing")
+            .await
+            .is_err_and(|e| e.code() == Some(Code::NotFound))
+    })
+    .await;
+    assert_eq!(
+        code(copy.get_bytes("alpha", "cat.jpg", None).await),
+        Some(Code::NotFound),
+        "the next claimant of a deleted Bucket's name must not read its objects"
+    );
+    let left = copy.list_all("alpha", "").await.expect("list");
+    assert!(left.is_empty(), "objects left from Bucket alpha: {left:?}");
     eprintln!("bucket checks took {:?}", started.elapsed());
 
     cluster.shutdown().await.expect("shutdown");

@@ -72,6 +72,21 @@ impl Agents {
     /// A lazily connecting channel per endpoint, kept across passes so that connections are
     /// reused rather than re-established every few seconds.
     fn client(&self, id: &str, endpoint: &str) -> Result<AgentControlClient<Channel>, String> {
+        self.channel(id, endpoint).map(control_client)
+    }
+
+    /// The object API of member `id`, over the same channel as its control calls.
+    pub fn object_client(
+        &self,
+        id: &str,
+        endpoint: &str,
+    ) -> Result<potluck_proto::v1::object_service_client::ObjectServiceClient<Channel>, String>
+    {
+        self.channel(id, endpoint)
+            .map(potluck_proto::v1::object_service_client::ObjectServiceClient::new)
+    }
+
+    fn channel(&self, id: &str, endpoint: &str) -> Result<Channel, String> {
         let tls = self
             .tls
             .lock()
@@ -82,7 +97,7 @@ impl Agents {
             .lock()
             .map_err(|_| "agent channel table poisoned".to_string())?;
         if let Some(ch) = channels.get(endpoint) {
-            return Ok(control_client(ch.clone()));
+            return Ok(ch.clone());
         }
         let not_host_port =
             |e: tonic::transport::Error| format!("endpoint {endpoint:?} is not host:port: {e}");
@@ -103,7 +118,7 @@ impl Agents {
         .tcp_nodelay(true)
         .connect_lazy();
         channels.insert(endpoint.to_owned(), ch.clone());
-        Ok(control_client(ch))
+        Ok(ch)
     }
 
     /// Forgets channels of endpoints no longer in the map.

@@ -12,10 +12,12 @@ use std::time::Duration;
 use futures::StreamExt;
 use kube::api::ListParams;
 use kube::runtime::controller::{self, Action, Controller};
+use kube::runtime::finalizer::{finalizer, Event as Finalize};
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use potluck_api::Bucket;
 
+use crate::bucket_purge;
 use crate::buckets::{self, Verdict};
 use crate::controller::{Context, Error};
 
@@ -39,13 +41,94 @@ pub async fn list_buckets(client: &Client) -> Result<Vec<Bucket>, kube::Error> {
 }
 
 async fn reconcile(bucket: Arc<Bucket>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let Some(namespace) = bucket.namespace() else {
+        return Ok(Action::await_change());
+    };
+    let api = Api::<Bucket>::namespaced(ctx.client.clone(), &namespace);
+    finalizer(&api, bucket_purge::FINALIZER, bucket, |event| async {
+        match event {
+            Finalize::Apply(bucket) => apply(bucket, &ctx).await,
+            Finalize::Cleanup(bucket) => cleanup(bucket, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        kube::runtime::finalizer::Error::ApplyFailed(e)
+        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+        other => Error::Finalizer(other.to_string()),
+    })
+}
+
+/// A deleted Bucket: empties it (see `bucket_purge`), then lets it go.
+async fn cleanup(bucket: Arc<Bucket>, ctx: &Context) -> Result<Action, Error> {
     let Some(uid) = bucket.metadata.uid.clone() else {
         return Ok(Action::await_change());
     };
-    if bucket.metadata.deletion_timestamp.is_some() {
-        // Going away: the next fleet pass lists it no more, and its Secret goes with it.
-        return Ok(Action::await_change());
+    let forget = || {
+        ctx.purge_keys
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&uid);
+        ctx.bucket_keys
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&uid);
+    };
+    let key = ctx
+        .purge_keys
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .entry(uid.clone())
+        .or_insert_with(buckets::generate_credentials)
+        .clone();
+    let material = buckets::KeyMaterial {
+        id: key.0.clone(),
+        secret_blake3: buckets::hash_secret(&key.1),
+    };
+    ctx.bucket_keys
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(uid.clone(), Ok(material.clone()));
+    // A full pass, for the verdict: only a Bucket that holds its name may empty it. One
+    // refused (a second claimant, a missing pool) owns no objects, and must not delete the
+    // ones of the Bucket that does.
+    let mut snap = ctx.sync_fleet(None).await?;
+    let access = buckets::access_of(&bucket, &material);
+    match (snap.buckets.remove(&uid), snap.map) {
+        (Some(Verdict::Granted { .. }), Some(map)) if map.buckets.contains(&access) => {
+            match bucket_purge::purge_page(&ctx.agents, &map, &access.name, &access.pool, &key)
+                .await
+            {
+                Ok(0) => {
+                    tracing::info!(bucket = %access.name, "deleted bucket is empty; releasing it");
+                    forget();
+                    Ok(Action::await_change())
+                }
+                Ok(n) => {
+                    tracing::info!(bucket = %access.name, deleted = n, "emptying deleted bucket");
+                    Err(Error::Purging(format!(
+                        "{} deleted {n} objects, more may remain",
+                        access.name
+                    )))
+                }
+                Err(e) => Err(Error::Purging(e.to_string())),
+            }
+        }
+        (Some(Verdict::Granted { .. }), _) => Err(Error::Purging(
+            "waiting for the map that grants the purge key to be stored".into(),
+        )),
+        // Never held the name (or its pool is gone, objects and all): nothing of its own.
+        _ => {
+            forget();
+            Ok(Action::await_change())
+        }
     }
+}
+
+async fn apply(bucket: Arc<Bucket>, ctx: &Context) -> Result<Action, Error> {
+    let Some(uid) = bucket.metadata.uid.clone() else {
+        return Ok(Action::await_change());
+    };
     let material = buckets::ensure_secret(&ctx.client, &bucket).await?;
     if let Some(certs) = ctx.certificates.get() {
         crate::client_certificates::ensure(&ctx.client, &bucket, certs.ca(), certs.validity())
@@ -102,6 +185,10 @@ async fn reconcile(bucket: Arc<Bucket>, ctx: Arc<Context>) -> Result<Action, Err
 }
 
 fn error_policy(bucket: Arc<Bucket>, error: &Error, _ctx: Arc<Context>) -> Action {
+    if let Error::Purging(why) = error {
+        tracing::debug!(bucket = %bucket.name_any(), "{why}");
+        return Action::requeue(bucket_purge::NEXT_PASS);
+    }
     tracing::warn!(
         bucket = %bucket.name_any(),
         namespace = %bucket.namespace().unwrap_or_default(),

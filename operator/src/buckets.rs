@@ -200,7 +200,14 @@ pub fn plan(
 ) -> Plan {
     let mut order: Vec<&Bucket> = buckets
         .iter()
-        .filter(|b| b.metadata.deletion_timestamp.is_none() && b.metadata.uid.is_some())
+        // A deleted Bucket keeps its name while the operator empties it.
+        .filter(|b| {
+            let purging = b
+                .finalizers()
+                .iter()
+                .any(|f| f == crate::bucket_purge::FINALIZER);
+            (b.metadata.deletion_timestamp.is_none() || purging) && b.metadata.uid.is_some()
+        })
         .collect();
     order.sort_by_key(|b| {
         (

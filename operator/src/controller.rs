@@ -60,8 +60,11 @@ pub enum Error {
     Store(#[from] StoreError),
     #[error("cannot compute the cluster map: {0}")]
     Map(#[from] MapError),
-    #[error("finalizer {FINALIZER}: {0}")]
+    #[error("finalizer: {0}")]
     Finalizer(String),
+    /// A deleted Bucket still holds objects (or could not be listed yet); tried again soon.
+    #[error("emptying the deleted bucket: {0}")]
+    Purging(String),
     #[error(transparent)]
     Secret(#[from] buckets::SecretError),
     #[error("bucket client certificate: {0}")]
@@ -77,6 +80,7 @@ impl Error {
             Error::Store(_) => "map_store",
             Error::Map(_) => "map",
             Error::Finalizer(_) => "finalizer",
+            Error::Purging(_) => "purging",
             Error::Secret(_) => "secret",
             Error::ClientCertificate(_) => "client_certificate",
         }
@@ -99,7 +103,7 @@ pub struct Context {
     pub(crate) client: Client,
     namespace: String,
     store: MapStore,
-    agents: Agents,
+    pub(crate) agents: Agents,
     recorder: Recorder,
     pub metrics: Metrics,
     fleet: tokio::sync::Mutex<Fleet>,
@@ -108,6 +112,8 @@ pub struct Context {
     pub(crate) bucket_keys: std::sync::Mutex<buckets::Resolved>,
     /// The cluster CA, when the operator keeps one: Buckets get client certificates from it.
     pub(crate) certificates: std::sync::OnceLock<Arc<crate::certificates::Certificates>>,
+    /// Keys the operator granted itself to empty deleted Buckets (uid -> id, secret).
+    pub(crate) purge_keys: std::sync::Mutex<HashMap<String, (String, String)>>,
 }
 
 #[derive(Default)]
@@ -162,6 +168,7 @@ impl Context {
             require_auth: cfg.require_auth,
             bucket_keys: std::sync::Mutex::new(buckets::Resolved::new()),
             certificates: std::sync::OnceLock::new(),
+            purge_keys: std::sync::Mutex::new(HashMap::new()),
         }
     }
 

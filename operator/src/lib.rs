@@ -7,6 +7,7 @@
 
 pub mod agents;
 pub mod bucket_controller;
+pub mod bucket_purge;
 pub mod buckets;
 pub mod certificates;
 pub mod client_certificates;

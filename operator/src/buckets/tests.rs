@@ -133,6 +133,26 @@ fn missing_pools_bad_secrets_and_deleted_buckets_grant_nothing() {
 }
 
 #[test]
+fn a_deleted_bucket_keeps_its_name_while_it_is_emptied() {
+    let mut leaving = bucket("team-a", "alpha", "default", 1);
+    leaving.metadata.deletion_timestamp = Some(Time(Timestamp::from_second(9).unwrap()));
+    leaving.metadata.finalizers = Some(vec![crate::bucket_purge::FINALIZER.into()]);
+    let mut next = bucket("team-b", "alpha", "default", 5);
+    next.spec.bucket_name = Some("alpha".into());
+    let resolved = Resolved::from([
+        (uid(&leaving), Ok(material("pk-purge"))),
+        (uid(&next), Ok(material("pk-next"))),
+    ]);
+    let plan = plan(&[next.clone(), leaving.clone()], &pools(), &resolved, None);
+    assert_eq!(plan.access.len(), 1);
+    assert_eq!(plan.access[0].keys[0].id, "pk-purge");
+    let Verdict::Refused { reason, .. } = &plan.verdicts[&uid(&next)] else {
+        panic!("the next claimant waits")
+    };
+    assert_eq!(*reason, REASON_NAME_TAKEN);
+}
+
+#[test]
 fn an_unread_bucket_keeps_its_previous_grant() {
     let a = bucket("team-a", "photos", "default", 1);
     let before = plan(
