@@ -429,6 +429,48 @@ pub async fn metric_matching(metrics_addr: &str, name: &str, filters: &[&str]) -
         .sum()
 }
 
+/// The serial of the certificate the agent at `addr` presents as `server_name` to a client
+/// holding `material`: a bare TLS handshake, so tests see which certificate is served.
+pub async fn served_serial(
+    addr: &str,
+    material: &potluck_tls::Material,
+    server_name: &str,
+) -> Result<Vec<u8>, String> {
+    use std::sync::Arc;
+    let parsed = material.parse().map_err(|e| e.to_string())?;
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in parsed.ca {
+        roots.add(ca).map_err(|e| e.to_string())?;
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_client_auth_cert(parsed.chain, parsed.key)
+    .map_err(|e| e.to_string())?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let name = rustls::pki_types::ServerName::try_from(server_name.to_string())
+        .map_err(|e| e.to_string())?;
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let leaf = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .ok_or("no server certificate")?;
+    Ok(potluck_tls::PeerIdentity::from_der(leaf)
+        .map_err(|e| e.to_string())?
+        .serial)
+}
+
 /// A plain HTTP/1.0 GET of `path` on an agent's or the operator's HTTP port:
 /// (status code, body).
 pub async fn http_get(addr: &str, path: &str) -> (u16, String) {

@@ -185,42 +185,15 @@ async fn healthy_over_tls(
         .map_err(|e| e.to_string())
 }
 
-/// The serial of the certificate the agent at `addr` presents as `server_name`.
+/// The serial (hex) of the certificate the agent at `addr` presents as `server_name`.
 async fn served_serial(
     addr: &str,
     material: &potluck_tls::Material,
     server_name: &str,
 ) -> Result<String, String> {
-    use rustls::pki_types::ServerName;
-    let parsed = material.parse().map_err(|e| e.to_string())?;
-    let mut roots = rustls::RootCertStore::empty();
-    for ca in parsed.ca {
-        roots.add(ca).map_err(|e| e.to_string())?;
-    }
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(parsed.chain, parsed.key)
-        .map_err(|e| e.to_string())?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let name = ServerName::try_from(server_name.to_string()).map_err(|e| e.to_string())?;
-    let tcp = tokio::net::TcpStream::connect(addr)
+    potluck_e2e::served_serial(addr, material, server_name)
         .await
-        .map_err(|e| e.to_string())?;
-    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .map_err(|e| e.to_string())?;
-    let leaf = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .ok_or("no server certificate")?;
-    let who = potluck_tls::PeerIdentity::from_der(leaf).map_err(|e| e.to_string())?;
-    Ok(potluck_tls::serial_hex(&who.serial))
+        .map(|s| potluck_tls::serial_hex(&s))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

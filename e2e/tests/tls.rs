@@ -2,52 +2,19 @@
 //! what happens to members whose certificates expire, are renewed or revoked.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use potluck_e2e::*;
 use potluck_proto::v1 as pb;
-use potluck_tls::{Material, PeerIdentity, Subject, AGENT_NAME};
+use potluck_tls::{Material, Subject, AGENT_NAME};
 use tonic::transport::Endpoint;
 use tonic::Code;
 
 const B: &str = "tls";
 const LIMIT: Duration = Duration::from_secs(30);
 
-/// Handshakes with `addr` as a client of the test CA and returns the serial of
-/// the certificate the agent served, or why the handshake failed.
 async fn served_serial(addr: SocketAddr, material: &Material) -> Result<Vec<u8>, String> {
-    let parsed = material.parse().map_err(|e| e.to_string())?;
-    let mut roots = rustls::RootCertStore::empty();
-    for ca in parsed.ca {
-        roots.add(ca).map_err(|e| e.to_string())?;
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_root_certificates(roots)
-    .with_client_auth_cert(parsed.chain, parsed.key)
-    .map_err(|e| e.to_string())?;
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| e.to_string())?;
-    let name = rustls::pki_types::ServerName::try_from(AGENT_NAME).map_err(|e| e.to_string())?;
-    let tls = connector
-        .connect(name, tcp)
-        .await
-        .map_err(|e| e.to_string())?;
-    let leaf = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .ok_or("no certificate served")?;
-    Ok(PeerIdentity::from_der(leaf)
-        .map_err(|e| e.to_string())?
-        .serial)
+    potluck_e2e::served_serial(&addr.to_string(), material, AGENT_NAME).await
 }
 
 /// A raw ObjectService call over a channel set up by `tls` (None: plaintext).
