@@ -249,6 +249,7 @@ pub fn header(bucket: &str, key: &str) -> pb::PutObjectRequest {
             key: key.into(),
             pool: String::new(),
             size: None,
+            upload: None,
         })),
     }
 }
@@ -503,6 +504,17 @@ pub async fn run_potluck(
         // Dropped here: the command sees the end of its input.
     }
     child.wait_with_output().await.expect("potluck output")
+}
+
+/// The `potluck` binary set up like [`run_potluck`] (endpoints, no pool or key file from the
+/// environment), for tests that drive the process themselves (kill it half way, say).
+pub fn potluck_command(endpoints: &str) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(find_potluck_bin());
+    cmd.env("POTLUCK_ENDPOINT", endpoints)
+        .env_remove("POTLUCK_POOL")
+        .env_remove("POTLUCK_KEY_FILE")
+        .kill_on_drop(true);
+    cmd
 }
 
 /// A command's output as text, for assertion messages.

@@ -7,6 +7,7 @@ mod list;
 pub mod manifests;
 mod put;
 pub mod stripe_cache;
+pub mod uploads;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -210,6 +211,22 @@ impl ObjectService for Gateway {
         }
         .await;
         self.observe("ListObjects", t, &r);
+        r.map(Response::new)
+    }
+
+    async fn get_upload(
+        &self,
+        req: Request<pb::GetUploadRequest>,
+    ) -> Result<Response<pb::GetUploadResponse>, Status> {
+        let t = Instant::now();
+        let r = async {
+            let caller = self.caller(&req)?;
+            let mut req = req.into_inner();
+            caller.authorize(&req.bucket, &mut req.pool)?;
+            uploads::get_upload(self.node.clone(), req).await
+        }
+        .await;
+        self.observe("GetUpload", t, &r);
         r.map(Response::new)
     }
 }
