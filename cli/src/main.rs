@@ -532,7 +532,7 @@ async fn run(cli: Cli) -> Result<()> {
             limit_rate,
         } => {
             let key = encrypt_key.map(|p| ContentKey::read_file(&p)).transpose()?;
-            let how = PutHow {
+            let how = potluck_cli::resume::PutOptions {
                 new_upload,
                 limit_rate,
             };
@@ -708,12 +708,6 @@ async fn open_input(file: Option<&Path>) -> Result<(Input, Option<u64>)> {
     Ok((Box::new(tokio::io::stdin()), None))
 }
 
-/// `put` options beyond what to put where.
-struct PutHow {
-    new_upload: bool,
-    limit_rate: Option<u64>,
-}
-
 fn parse_rate(input: &str) -> std::result::Result<u64, String> {
     match potluck_cli::human::parse_size(input) {
         Ok(0) => Err("the rate must be above 0 bytes per second".to_string()),
@@ -731,7 +725,7 @@ async fn put(
     object: &ObjectAddr,
     file: Option<PathBuf>,
     key: Option<&ContentKey>,
-    how: PutHow,
+    how: potluck_cli::resume::PutOptions,
 ) -> Result<()> {
     let (input, size) = open_input(file.as_deref()).await?;
     let input: Input = match how.limit_rate {
@@ -747,10 +741,8 @@ async fn put(
             client,
             &object.bucket,
             &object.key,
-            path,
-            size,
-            how.new_upload,
-            how.limit_rate,
+            (path, size),
+            how,
             |p| bar.update(p),
         )
         .await

@@ -117,18 +117,29 @@ fn write_state(path: &Path, id: &[u8; 16]) -> Result<(), ResumeError> {
     std::fs::rename(&tmp, path).map_err(err)
 }
 
+/// How a put goes, beyond what to put where (`potluck put` flags).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PutOptions {
+    /// Start from the beginning even if an earlier run was interrupted.
+    pub new_upload: bool,
+    /// Send at most this many bytes per second.
+    pub limit_rate: Option<u64>,
+}
+
 /// Uploads `file` (whose size is `size`) as `bucket/key`, resuming an earlier interrupted run
-/// of the same command unless `new_upload`.
+/// of the same command unless `how.new_upload`.
 pub async fn put_file(
     client: &Client,
     bucket: &str,
     key: &str,
-    file: &Path,
-    size: u64,
-    new_upload: bool,
-    limit_rate: Option<u64>,
+    (file, size): (&Path, u64),
+    how: PutOptions,
     progress: impl FnMut(Progress),
 ) -> Result<Outcome, ResumeError> {
+    let PutOptions {
+        new_upload,
+        limit_rate,
+    } = how;
     let abs = std::path::absolute(file).unwrap_or_else(|_| file.to_path_buf());
     let state = state_dir().map(|d| state_file(&d, client.pool(), bucket, key, &abs));
     let known = match (&state, new_upload) {
