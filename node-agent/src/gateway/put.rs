@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::stream::{FuturesOrdered, StreamExt};
+use futures::FutureExt;
 use pb::put_object_request::Body;
 use potluck_proto::v1 as pb;
 use tokio::sync::OwnedSemaphorePermit;
@@ -66,16 +67,23 @@ pub async fn put_object(
     caller: crate::auth::Caller,
     stream: tonic::Streaming<pb::PutObjectRequest>,
 ) -> Result<pb::PutObjectResponse, Status> {
-    let mut progress = Progress::default();
-    let r = receive_and_commit(node, caller, stream, &mut progress).await;
-    if r.is_err() && !progress.committing {
-        if let Some(ctx) = progress.ctx.take() {
-            if progress.stripes > 0 {
-                tokio::spawn(take_back(ctx, progress.stripes));
+    // The put runs in a task of its own: when a client vanishes, the server drops the call's
+    // future, and what a failed put does on its way out (take its shards back; for a
+    // resumable put, let the stripes in flight finish and record them) would never run.
+    let task = tokio::spawn(async move {
+        let mut progress = Progress::default();
+        let r = receive_and_commit(node, caller, stream, &mut progress).await;
+        if r.is_err() && !progress.committing {
+            if let Some(ctx) = progress.ctx.take() {
+                if progress.stripes > 0 {
+                    tokio::spawn(take_back(ctx, progress.stripes));
+                }
             }
         }
-    }
-    r
+        r
+    });
+    task.await
+        .map_err(|e| Status::internal(format!("put task failed: {e}")))?
 }
 
 /// Deletes every shard a failed put may have stored, stripe by stripe. Best effort: a member
@@ -256,7 +264,15 @@ async fn receive_and_commit(
 
     let mut transfer = node.metrics.client_transfer("put");
     let mut finish: Option<pb::PutObjectFinish> = None;
-    while let Some(msg) = next_message(&mut stream).await? {
+    loop {
+        let msg = match next_message(&mut stream).await {
+            Ok(Some(msg)) => msg,
+            Ok(None) => break,
+            Err(e) => {
+                settle(&mut inflight, &mut done, &recorder, recordable).await;
+                return Err(e);
+            }
+        };
         if finish.is_some() {
             return Err(Status::invalid_argument(
                 "a message arrived after the finish message: finish must be last",
@@ -325,10 +341,19 @@ async fn receive_and_commit(
                 filled = 0;
             }
         }
+        // Record stripes as soon as they are durable, not only when the window is full, so
+        // an interruption costs a resume the stripes still in flight and no more.
+        if recorder.is_some() {
+            while let Some(Some(r)) = inflight.next().now_or_never() {
+                done.push(joined(r)?);
+                note_done(&recorder, &done, recordable).await;
+            }
+        }
     }
     // tonic reports a client's cancel as a clean end of stream, so only an
     // explicit finish tells a complete upload from an abandoned one.
     let Some(finish) = finish else {
+        settle(&mut inflight, &mut done, &recorder, recordable).await;
         return Err(Status::cancelled(
             "upload ended without a finish message (client cancelled?); nothing was stored: send header, chunks, then finish",
         ));
@@ -511,6 +536,32 @@ async fn resume_point(
         record,
         skip: u.skip_stripes,
     })
+}
+
+/// When a resumable put's client goes away, lets the stripes already in flight finish and
+/// records them in order (up to the first that fails), so a resume need not send them again.
+/// A plain put does not wait: its stripes are aborted and taken back.
+async fn settle(
+    inflight: &mut FuturesOrdered<StripeTask>,
+    done: &mut Vec<StripeDone>,
+    recorder: &Option<(uploads::Recorder, Bytes)>,
+    recordable: u64,
+) {
+    if recorder.is_none() {
+        return;
+    }
+    while let Some(r) = inflight.next().await {
+        match joined(r) {
+            Ok(d) => {
+                done.push(d);
+                note_done(recorder, done, recordable).await;
+            }
+            Err(e) => {
+                tracing::debug!("a stripe of an interrupted upload failed: {e}");
+                return;
+            }
+        }
+    }
 }
 
 /// Hands the newest finished stripe to the recorder if it is whole.
