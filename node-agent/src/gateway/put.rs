@@ -67,23 +67,16 @@ pub async fn put_object(
     caller: crate::auth::Caller,
     stream: tonic::Streaming<pb::PutObjectRequest>,
 ) -> Result<pb::PutObjectResponse, Status> {
-    // The put runs in a task of its own: when a client vanishes, the server drops the call's
-    // future, and what a failed put does on its way out (take its shards back; for a
-    // resumable put, let the stripes in flight finish and record them) would never run.
-    let task = tokio::spawn(async move {
-        let mut progress = Progress::default();
-        let r = receive_and_commit(node, caller, stream, &mut progress).await;
-        if r.is_err() && !progress.committing {
-            if let Some(ctx) = progress.ctx.take() {
-                if progress.stripes > 0 {
-                    tokio::spawn(take_back(ctx, progress.stripes));
-                }
+    let mut progress = Progress::default();
+    let r = receive_and_commit(node, caller, stream, &mut progress).await;
+    if r.is_err() && !progress.committing {
+        if let Some(ctx) = progress.ctx.take() {
+            if progress.stripes > 0 {
+                tokio::spawn(take_back(ctx, progress.stripes));
             }
         }
-        r
-    });
-    task.await
-        .map_err(|e| Status::internal(format!("put task failed: {e}")))?
+    }
+    r
 }
 
 /// Deletes every shard a failed put may have stored, stripe by stripe. Best effort: a member
