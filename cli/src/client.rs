@@ -18,8 +18,9 @@ use futures::{Stream, StreamExt};
 use potluck_proto::v1::object_service_client::ObjectServiceClient;
 use potluck_proto::v1::put_object_request::Body;
 use potluck_proto::v1::{
-    DeleteObjectRequest, GetObjectRequest, ListObjectsRequest, ListObjectsResponse, ObjectInfo,
-    PutObjectFinish, PutObjectHeader, PutObjectRequest, PutObjectResponse, StatObjectRequest,
+    DeleteObjectRequest, GetObjectRequest, GetUploadRequest, GetUploadResponse, ListObjectsRequest,
+    ListObjectsResponse, ObjectInfo, PutObjectFinish, PutObjectHeader, PutObjectRequest,
+    PutObjectResponse, StatObjectRequest,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
@@ -715,11 +716,29 @@ impl Client {
             key: key.to_string(),
             pool: self.inner.options.pool.clone(),
             size,
+            upload: None,
         };
+        self.put_with(header, &mut reader, 0, &mut progress).await
+    }
+
+    /// Like [`Client::put`] with a header of the caller's (a resumable upload's), where the
+    /// first `already` bytes of the object are not sent: `reader` starts after them, and
+    /// `header.size` counts them.
+    pub async fn put_with<R>(
+        &self,
+        header: PutObjectHeader,
+        mut reader: R,
+        already: u64,
+        mut progress: impl FnMut(Progress),
+    ) -> Result<PutObjectResponse, ClientError>
+    where
+        R: AsyncRead + Unpin,
+    {
+        let size = header.size;
         let mut last = None;
         for _ in 0..self.inner.gateways.len() {
             match self
-                .put_once(&header, &mut reader, size, &mut progress)
+                .put_once(&header, &mut reader, size, already, &mut progress)
                 .await
             {
                 Ok(response) => return Ok(response),
@@ -738,6 +757,7 @@ impl Client {
         header: &PutObjectHeader,
         reader: &mut R,
         size: Option<u64>,
+        already: u64,
         progress: &mut P,
     ) -> Result<PutObjectResponse, PutFailure>
     where
@@ -782,7 +802,7 @@ impl Client {
             let tx = tx;
             started_rx.await.map_err(|_| FeedError::Closed)?;
             touched.set(true);
-            let mut sent = 0u64;
+            let mut sent = already;
             loop {
                 let mut buf = BytesMut::with_capacity(CHUNK_SIZE);
                 let eof = fill_chunk(reader, &mut buf)
@@ -846,6 +866,33 @@ impl Client {
                 let _ = tokio::time::timeout(Duration::from_secs(5), call).await;
                 Err(PutFailure::Failed(err))
             }
+        }
+    }
+
+    /// Where resumable upload `upload_id` of `bucket/key` stands; `None` when no agent knows
+    /// it (never started, finished, or expired).
+    pub async fn get_upload(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &[u8],
+    ) -> Result<Option<GetUploadResponse>, ClientError> {
+        let req = GetUploadRequest {
+            bucket: bucket.to_string(),
+            key: key.to_string(),
+            pool: self.inner.options.pool.clone(),
+            upload_id: Bytes::copy_from_slice(upload_id),
+        };
+        match self
+            .idempotent(|mut c| {
+                let r = self.request(req.clone());
+                async move { c.get_upload(r).await }
+            })
+            .await
+        {
+            Ok(r) => Ok(Some(r)),
+            Err(ClientError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
         }
     }
 

@@ -11,6 +11,8 @@ pub mod exit;
 pub mod fleet;
 pub mod human;
 pub mod progress;
+pub mod rate;
+pub mod resume;
 pub mod sealed_object;
 pub mod share;
 pub mod status;

@@ -161,6 +161,14 @@ enum Command {
         /// anything leaves this machine; members store only ciphertext
         #[arg(long, env = "POTLUCK_KEY_FILE", value_name = "FILE")]
         encrypt_key: Option<PathBuf>,
+        /// Upload FILE from its beginning even if an earlier run of the same
+        /// command was interrupted (which is otherwise resumed)
+        #[arg(long)]
+        new_upload: bool,
+        /// Send at most this many bytes per second (e.g. 20MiB), leaving
+        /// bandwidth to others on a shared link
+        #[arg(long, value_name = "SIZE", value_parser = parse_rate)]
+        limit_rate: Option<u64>,
     },
     /// Download BUCKET/KEY, or what a share link opens, into FILE (or stdout)
     Get {
@@ -520,9 +528,15 @@ async fn run(cli: Cli) -> Result<()> {
             object,
             file,
             encrypt_key,
+            new_upload,
+            limit_rate,
         } => {
             let key = encrypt_key.map(|p| ContentKey::read_file(&p)).transpose()?;
-            put(&client, &object, stdio_path(file), key.as_ref()).await
+            let how = potluck_cli::resume::PutOptions {
+                new_upload,
+                limit_rate,
+            };
+            put(&client, &object, stdio_path(file), key.as_ref(), how).await
         }
         Command::Get {
             object,
@@ -694,14 +708,79 @@ async fn open_input(file: Option<&Path>) -> Result<(Input, Option<u64>)> {
     Ok((Box::new(tokio::io::stdin()), None))
 }
 
+fn parse_rate(input: &str) -> std::result::Result<u64, String> {
+    match potluck_cli::human::parse_size(input) {
+        Ok(0) => Err("the rate must be above 0 bytes per second".to_string()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Files from this size on are uploaded resumably: below it, running the command again costs
+/// little, and the upload record is not worth its writes.
+const RESUMABLE_FROM: u64 = 16 << 20;
+
 async fn put(
     client: &Client,
     object: &ObjectAddr,
     file: Option<PathBuf>,
     key: Option<&ContentKey>,
+    how: potluck_cli::resume::PutOptions,
 ) -> Result<()> {
     let (input, size) = open_input(file.as_deref()).await?;
+    let input: Input = match how.limit_rate {
+        Some(rate) => Box::new(potluck_cli::rate::Throttled::new(input, rate)),
+        None => input,
+    };
     let mut bar = TransferBar::new(format!("put {object}"), std::io::stderr().is_terminal());
+    // A plain file of known size is uploaded resumably; sealed content is not (its nonces
+    // are random, so a second run would not send the same bytes).
+    if let (Some(path), Some(size @ RESUMABLE_FROM..), None) = (file.as_deref(), size, key) {
+        drop(input);
+        let outcome = potluck_cli::resume::put_file(
+            client,
+            &object.bucket,
+            &object.key,
+            (path, size),
+            how,
+            |p| bar.update(p),
+        )
+        .await
+        .map_err(|e| match e {
+            potluck_cli::resume::ResumeError::Client(c) => anyhow::Error::from(c),
+            e @ (potluck_cli::resume::ResumeError::Changed { .. }
+            | potluck_cli::resume::ResumeError::BadRecord { .. }) => {
+                ClientError::FailedPrecondition(e.to_string()).into()
+            }
+            e => e.into(),
+        })?;
+        bar.finish();
+        let (stored, version) = outcome
+            .response
+            .info
+            .as_ref()
+            .map_or((size, 0), |i| (i.size, i.version));
+        println!(
+            "put {object}: {} ({stored} bytes), version {version}; sent {} bytes{}",
+            format_size(stored),
+            outcome.sent,
+            if outcome.skipped > 0 {
+                format!(
+                    ", resumed after {} bytes an interrupted run had stored",
+                    outcome.skipped
+                )
+            } else {
+                String::new()
+            }
+        );
+        if outcome.response.degraded_stripes > 0 {
+            eprintln!(
+                "warning: {} stripe(s) were stored without some of their members; the fleet heals them when those members return",
+                outcome.response.degraded_stripes
+            );
+        }
+        return Ok(());
+    }
     let response = match key {
         Some(key) => {
             sealed_object::put_sealed(client, &object.bucket, &object.key, input, size, key, |p| {

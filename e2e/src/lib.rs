@@ -249,6 +249,7 @@ pub fn header(bucket: &str, key: &str) -> pb::PutObjectRequest {
             key: key.into(),
             pool: String::new(),
             size: None,
+            upload: None,
         })),
     }
 }
@@ -522,12 +523,8 @@ pub async fn run_potluck(
 ) -> std::process::Output {
     use std::process::Stdio;
     use tokio::io::AsyncWriteExt;
-    let mut child = tokio::process::Command::new(find_potluck_bin())
+    let mut child = potluck_command(endpoints)
         .args(args)
-        .env("POTLUCK_ENDPOINT", endpoints)
-        .env("POTLUCK_TLS_DIR", client_tls_dir())
-        .env_remove("POTLUCK_POOL")
-        .env_remove("POTLUCK_KEY_FILE")
         .envs(envs.iter().copied())
         .stdin(if stdin.is_some() {
             Stdio::piped()
@@ -536,7 +533,6 @@ pub async fn run_potluck(
         })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .expect("spawn potluck");
     if let Some(input) = stdin {
@@ -545,6 +541,20 @@ pub async fn run_potluck(
         // Dropped here: the command sees the end of its input.
     }
     child.wait_with_output().await.expect("potluck output")
+}
+
+/// The `potluck` binary as a user of a test fleet runs it: `POTLUCK_ENDPOINT=endpoints`, the
+/// test client certificate (the fleet runs TLS), no pool or key file from the environment.
+/// [`run_potluck`] runs it to the end; tests that drive the process themselves (kill it half
+/// way, say) start it from here.
+pub fn potluck_command(endpoints: &str) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(find_potluck_bin());
+    cmd.env("POTLUCK_ENDPOINT", endpoints)
+        .env("POTLUCK_TLS_DIR", client_tls_dir())
+        .env_remove("POTLUCK_POOL")
+        .env_remove("POTLUCK_KEY_FILE")
+        .kill_on_drop(true);
+    cmd
 }
 
 /// A command's output as text, for assertion messages.

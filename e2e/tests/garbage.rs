@@ -303,6 +303,7 @@ async fn put_in_pool(fleet: &TestFleet, pool: &str, key: &str, data: &[u8]) {
             key: key.into(),
             pool: pool.into(),
             size: Some(data.len() as u64),
+            upload: None,
         })),
     }];
     let mut off = 0;

@@ -283,6 +283,26 @@ mod tests {
             tonic::Code::PermissionDenied
         );
         assert!(check(get, Some(&client), NONE, now).is_ok());
+        // Upload records are raw per-member state, like shards: members only. Asking
+        // about one's own upload goes through a gateway, which checks the bucket.
+        for record in [
+            "/potluck.v1.ShardService/PutUploadRecord",
+            "/potluck.v1.ShardService/GetUploadRecord",
+            "/potluck.v1.ShardService/DeleteUploadRecord",
+        ] {
+            assert!(check(record, Some(&member), NONE, now).is_ok());
+            assert_eq!(
+                check(record, Some(&client), NONE, now).unwrap_err().code(),
+                tonic::Code::PermissionDenied
+            );
+        }
+        assert!(check(
+            "/potluck.v1.ObjectService/GetUpload",
+            Some(&client),
+            NONE,
+            now
+        )
+        .is_ok());
         assert_eq!(
             check(get, None, NONE, now).unwrap_err().code(),
             tonic::Code::Unauthenticated

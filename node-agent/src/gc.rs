@@ -32,9 +32,14 @@ pub async fn run(node: Arc<Node>) {
     let mut tick = tokio::time::interval(node.tuning.gc_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut retired: HashMap<String, Instant> = HashMap::new();
+    let mut swept = Instant::now();
     loop {
         tick.tick().await;
         purge_retired_pools(&node, &mut retired).await;
+        if swept.elapsed() >= UPLOAD_SWEEP_INTERVAL.min(node.tuning.orphan_grace / 4) {
+            swept = Instant::now();
+            sweep_upload_records(&node).await;
+        }
         let due = match node.with_store(|s| s.due_gc(now_unix_ms(), BATCH)).await {
             Ok(d) => d,
             Err(e) => {
@@ -50,6 +55,23 @@ pub async fn run(node: Arc<Node>) {
                 tracing::warn!("gc: updating the queue failed: {err}");
             }
         }
+    }
+}
+
+/// How often records of resumable uploads are checked for expiry.
+const UPLOAD_SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Deletes upload records untouched for the orphan grace: their uploads can no longer commit
+/// (a put must commit within half the grace), and the PG leaders collect their stripes as
+/// abandoned.
+async fn sweep_upload_records(node: &Arc<Node>) {
+    let uploads = node.uploads.clone();
+    let grace = node.tuning.orphan_grace;
+    match tokio::task::spawn_blocking(move || uploads.sweep(grace)).await {
+        Ok(Ok(0)) => {}
+        Ok(Ok(n)) => tracing::info!(records = n, "swept expired upload records"),
+        Ok(Err(e)) => tracing::warn!("sweeping upload records failed: {e}"),
+        Err(e) => tracing::warn!("upload record sweep task failed: {e}"),
     }
 }
 

@@ -27,6 +27,7 @@ pub mod share_http;
 pub mod shares;
 pub mod throttle;
 pub mod tls_bootstrap;
+pub mod uploads;
 
 // Pure decoders and checks live in `potluck-format` (fuzzed without RocksDB); re-exported
 // so `crate::keys::…` and friends keep their paths.

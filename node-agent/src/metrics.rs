@@ -38,6 +38,9 @@ pub struct Metrics {
     pub refused_callers: IntCounter,
     pub reconstructed_stripes: IntCounter,
     pub hedged_reads: IntCounter,
+    /// Resumable puts that skipped stripes an earlier attempt committed.
+    pub uploads_resumed: IntCounter,
+    pub upload_bytes_skipped: IntCounter,
     pub stripe_cache: IntCounterVec,
     pub corrupt_shards: IntCounter,
     pub gc_shards_deleted: IntCounter,
@@ -211,6 +214,16 @@ impl Metrics {
                 r,
                 "potluck_gateway_hedged_reads_total",
                 "Partial stripe reads that asked every other member because the first ones were late or failed",
+            )?,
+            uploads_resumed: counter(
+                r,
+                "potluck_gateway_uploads_resumed_total",
+                "Resumable puts through this gateway that continued after stripes an earlier attempt committed",
+            )?,
+            upload_bytes_skipped: counter(
+                r,
+                "potluck_gateway_upload_skipped_bytes_total",
+                "Object bytes resumed puts did not have to send again",
             )?,
             corrupt_shards: counter(
                 r,

@@ -104,6 +104,8 @@ pub struct Node {
     pub stripe_cache: crate::gateway::stripe_cache::StripeCache,
     /// Where share grants are recorded and where links point (set at start-up).
     pub sharing: crate::shares::Sharing,
+    /// Records of resumable uploads whose key's PG this member is in.
+    pub uploads: Arc<crate::uploads::UploadRecords>,
     store_slots: Semaphore,
 }
 
@@ -129,8 +131,14 @@ impl Node {
         metrics: Arc<Metrics>,
         tuning: Tuning,
     ) -> Self {
+        let uploads_dir = store
+            .path()
+            .parent()
+            .unwrap_or(store.path())
+            .join("uploads");
         Self {
             id,
+            uploads: Arc::new(crate::uploads::UploadRecords::new(uploads_dir)),
             store,
             cluster,
             peers: Peers::default(),
@@ -560,5 +568,111 @@ impl Node {
                 self.note_peer_error(member);
                 PeerError::call(member, s)
             })
+    }
+
+    /// Runs a blocking upload-record operation off the async workers.
+    async fn with_uploads<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&crate::uploads::UploadRecords) -> Result<T, crate::uploads::UploadError>
+            + Send
+            + 'static,
+    ) -> Result<T, PeerError> {
+        let uploads = self.uploads.clone();
+        let r = tokio::task::spawn_blocking(move || f(&uploads))
+            .await
+            .map_err(|e| crate::uploads::UploadError::Malformed(format!("record task failed: {e}")))
+            .and_then(|r| r);
+        r.map_err(|e| PeerError::Local {
+            member: self.id.clone(),
+            status_code: match e {
+                crate::uploads::UploadError::Io(_) => tonic::Code::Internal,
+                crate::uploads::UploadError::Gap { .. }
+                | crate::uploads::UploadError::Mismatch { .. } => tonic::Code::FailedPrecondition,
+                _ => tonic::Code::InvalidArgument,
+            },
+            detail: e.to_string(),
+        })
+    }
+
+    /// Appends stripes to an upload record on `member`; the stripes it now holds.
+    pub async fn put_upload_record(
+        &self,
+        view: &MapView,
+        member: &str,
+        record: pb::UploadRecord,
+        first_stripe: u64,
+    ) -> Result<u64, PeerError> {
+        let r = if member == self.id {
+            self.with_uploads(move |u| u.put(&record, first_stripe))
+                .await
+        } else {
+            let mut client = self.peer(view, member)?;
+            let mut req = tonic::Request::new(pb::PutUploadRecordRequest {
+                epoch: view.epoch(),
+                record: Some(record),
+                first_stripe,
+            });
+            req.set_timeout(self.tuning.manifest_timeout);
+            client
+                .put_upload_record(req)
+                .await
+                .map(|r| r.into_inner().stripes)
+                .map_err(|s| PeerError::call(member, s))
+        };
+        if r.is_err() {
+            self.note_peer_error(member);
+        }
+        r
+    }
+
+    pub async fn get_upload_record(
+        &self,
+        view: &MapView,
+        member: &str,
+        upload_id: Bytes,
+    ) -> Result<Option<pb::UploadRecord>, PeerError> {
+        let r = if member == self.id {
+            self.with_uploads(move |u| u.get(&upload_id)).await
+        } else {
+            let mut client = self.peer(view, member)?;
+            let mut req = tonic::Request::new(pb::GetUploadRecordRequest {
+                epoch: view.epoch(),
+                upload_id,
+            });
+            req.set_timeout(self.tuning.manifest_timeout);
+            client
+                .get_upload_record(req)
+                .await
+                .map(|r| r.into_inner().record)
+                .map_err(|s| PeerError::call(member, s))
+        };
+        if r.is_err() {
+            self.note_peer_error(member);
+        }
+        r
+    }
+
+    pub async fn delete_upload_record(
+        &self,
+        view: &MapView,
+        member: &str,
+        upload_id: Bytes,
+    ) -> Result<(), PeerError> {
+        if member == self.id {
+            return self
+                .with_uploads(move |u| u.delete(&upload_id).map(|_| ()))
+                .await;
+        }
+        let mut client = self.peer(view, member)?;
+        let mut req = tonic::Request::new(pb::DeleteUploadRecordRequest {
+            epoch: view.epoch(),
+            upload_id,
+        });
+        req.set_timeout(self.tuning.manifest_timeout);
+        client
+            .delete_upload_record(req)
+            .await
+            .map(|_| ())
+            .map_err(|s| PeerError::call(member, s))
     }
 }

@@ -388,4 +388,79 @@ impl ShardService for ShardServer {
         self.observe("ListManifests", t, &r);
         r.map(Response::new)
     }
+
+    async fn put_upload_record(
+        &self,
+        req: Request<pb::PutUploadRecordRequest>,
+    ) -> Result<Response<pb::PutUploadRecordResponse>, Status> {
+        let t = Instant::now();
+        let r = async {
+            let req = req.into_inner();
+            self.saw_epoch(req.epoch);
+            let record = req
+                .record
+                .ok_or_else(|| Status::invalid_argument("PutUploadRecord without a record"))?;
+            check_names(&record.pool, &record.bucket)?;
+            validate::key(&record.key)?;
+            let view = self.node.cluster.view();
+            let stripes = self
+                .node
+                .put_upload_record(&view, &self.node.id, record, req.first_stripe)
+                .await
+                .map_err(local_status)?;
+            Ok(pb::PutUploadRecordResponse { stripes })
+        }
+        .await;
+        self.observe("PutUploadRecord", t, &r);
+        r.map(Response::new)
+    }
+
+    async fn get_upload_record(
+        &self,
+        req: Request<pb::GetUploadRecordRequest>,
+    ) -> Result<Response<pb::GetUploadRecordResponse>, Status> {
+        let t = Instant::now();
+        let r = async {
+            let req = req.into_inner();
+            self.saw_epoch(req.epoch);
+            let view = self.node.cluster.view();
+            let record = self
+                .node
+                .get_upload_record(&view, &self.node.id, req.upload_id)
+                .await
+                .map_err(local_status)?;
+            Ok(pb::GetUploadRecordResponse { record })
+        }
+        .await;
+        self.observe("GetUploadRecord", t, &r);
+        r.map(Response::new)
+    }
+
+    async fn delete_upload_record(
+        &self,
+        req: Request<pb::DeleteUploadRecordRequest>,
+    ) -> Result<Response<pb::DeleteUploadRecordResponse>, Status> {
+        let t = Instant::now();
+        let r = async {
+            let req = req.into_inner();
+            self.saw_epoch(req.epoch);
+            let view = self.node.cluster.view();
+            self.node
+                .delete_upload_record(&view, &self.node.id, req.upload_id)
+                .await
+                .map_err(local_status)?;
+            Ok(pb::DeleteUploadRecordResponse {})
+        }
+        .await;
+        self.observe("DeleteUploadRecord", t, &r);
+        r.map(Response::new)
+    }
+}
+
+/// A local upload-record failure as the status a peer sees.
+fn local_status(e: crate::peers::PeerError) -> Status {
+    Status::new(
+        e.member_code().unwrap_or(tonic::Code::Internal),
+        e.to_string(),
+    )
 }

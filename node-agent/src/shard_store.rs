@@ -288,6 +288,12 @@ impl ShardStore {
         Ok(())
     }
 
+    /// The RocksDB directory; the agent keeps small files of its own (upload records) next
+    /// to it.
+    pub fn path(&self) -> &Path {
+        self.db.path()
+    }
+
     pub fn stats(&self) -> StoreStats {
         StoreStats {
             shards: self.shards.load(Ordering::Relaxed),

@@ -132,6 +132,39 @@ pub async fn get_object(node: Arc<Node>, req: pb::GetObjectRequest) -> Result<Ge
     Ok(ReceiverStream::new(rx))
 }
 
+/// Feeds the bytes `manifest` describes (an upload's committed stripes) into `hasher`, read
+/// back from their holders like any read: hashes checked, parity on failure. A resumed put
+/// needs the content hash of the stripes it did not receive this time, and reading them also
+/// proves they are still there.
+pub(super) async fn hash_stored(
+    node: Arc<Node>,
+    view: Arc<MapView>,
+    pool: pb::PoolMap,
+    manifest: pb::Manifest,
+    hasher: &mut blake3::Hasher,
+) -> Result<(), Status> {
+    let size = manifest.size;
+    let layout = StripeLayout::new(size, manifest.k, manifest.chunk_size);
+    let ctx = Arc::new(ReadContext {
+        node,
+        view,
+        pool,
+        manifest,
+        layout,
+    });
+    let window = ctx.node.tuning.stripes_in_flight.max(1);
+    let range = 0..size;
+    let mut fetches = futures::stream::iter(ctx.layout.stripes_for(&range))
+        .map(|s| read_stripe(ctx.clone(), s, range.clone()))
+        .buffered(window);
+    while let Some(pieces) = fetches.next().await {
+        for piece in pieces? {
+            hasher.update(&piece);
+        }
+    }
+    Ok(())
+}
+
 fn expected_hash(m: &pb::Manifest, stripe: usize, shard: usize) -> &[u8] {
     &m.shard_hashes[stripe][shard * 32..(shard + 1) * 32]
 }
@@ -206,6 +239,22 @@ async fn read_stripe(
             .with_label_values(&["hit"])
             .inc();
         return slice_pieces(&cached, &needed, shard_len, &rel, s);
+    }
+    // A whole-stripe read fills the cache: one reader per stripe at a time, the others find
+    // what it fetched.
+    let fill = match needed.len() == k {
+        true => ctx.node.stripe_cache.fill_guard(&object_id, s).await,
+        false => None,
+    };
+    if fill.is_some() {
+        if let Some(cached) = ctx.node.stripe_cache.get(&object_id, s) {
+            ctx.node
+                .metrics
+                .stripe_cache
+                .with_label_values(&["hit"])
+                .inc();
+            return slice_pieces(&cached, &needed, shard_len, &rel, s);
+        }
     }
     ctx.node
         .metrics

@@ -7,6 +7,7 @@ mod list;
 pub mod manifests;
 mod put;
 pub mod stripe_cache;
+pub mod uploads;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -116,15 +117,27 @@ impl ObjectService for Gateway {
         req: Request<Streaming<pb::PutObjectRequest>>,
     ) -> Result<Response<pb::PutObjectResponse>, Status> {
         let t = Instant::now();
-        let r = match self.caller(&req) {
-            Ok(caller) => put::put_object(self.node.clone(), caller, req.into_inner()).await,
-            Err(s) => Err(s),
-        };
-        self.observe("PutObject", t, &r);
-        if let Err(s) = &r {
-            tracing::info!(code = ?s.code(), "put refused: {}", s.message());
-        }
-        r.map(Response::new)
+        let caller = self.caller(&req);
+        let node = self.node.clone();
+        // The put runs in a task of its own: when a client vanishes, the server may drop this
+        // call's future before the put notices, and what a failed put does on its way out
+        // (take its shards back; for a resumable put, let the stripes in flight finish and
+        // record them; count the call) would never run.
+        let task = tokio::spawn(async move {
+            let r = match caller {
+                Ok(caller) => put::put_object(node.clone(), caller, req.into_inner()).await,
+                Err(s) => Err(s),
+            };
+            node.metrics
+                .observe_result("ObjectService", "PutObject", t, &r);
+            if let Err(s) = &r {
+                tracing::info!(code = ?s.code(), "put refused: {}", s.message());
+            }
+            r
+        });
+        task.await
+            .map_err(|e| Status::internal(format!("put task failed: {e}")))?
+            .map(Response::new)
     }
 
     type GetObjectStream = get::GetStream;
@@ -210,6 +223,22 @@ impl ObjectService for Gateway {
         }
         .await;
         self.observe("ListObjects", t, &r);
+        r.map(Response::new)
+    }
+
+    async fn get_upload(
+        &self,
+        req: Request<pb::GetUploadRequest>,
+    ) -> Result<Response<pb::GetUploadResponse>, Status> {
+        let t = Instant::now();
+        let r = async {
+            let caller = self.caller(&req)?;
+            let mut req = req.into_inner();
+            caller.authorize(&req.bucket, &mut req.pool)?;
+            uploads::get_upload(self.node.clone(), req).await
+        }
+        .await;
+        self.observe("GetUpload", t, &r);
         r.map(Response::new)
     }
 }

@@ -9,12 +9,18 @@
 //! the background. If the gateway itself dies, the PG leaders collect those
 //! stripes once they are older than `orphan_grace` and no manifest names them
 //! (`recovery`); so a put must commit within half that time, or it is refused.
+//!
+//! A resumable put (`PutObjectHeader.upload`) records every full stripe in the upload's
+//! record once it is durable (`uploads`), and a failed one keeps its shards: a later put with
+//! the same upload id skips the recorded stripes the client proves it still has, and commits
+//! under the same object id. Its first stripes are then read back to hash the content.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::stream::{FuturesOrdered, StreamExt};
+use futures::FutureExt;
 use pb::put_object_request::Body;
 use potluck_proto::v1 as pb;
 use tokio::sync::OwnedSemaphorePermit;
@@ -23,7 +29,7 @@ use tonic::Status;
 
 use crate::cluster::MapView;
 use crate::codec::StripeCodec;
-use crate::gateway::{info_of, manifests, resolve_pool, status_from_codec};
+use crate::gateway::{info_of, manifests, resolve_pool, status_from_codec, uploads};
 use crate::keys::ShardKey;
 use crate::layout::{new_object_id, shard_len_for, stripe_pg};
 use crate::node::{now_unix_ms, now_unix_ns, Node};
@@ -143,35 +149,123 @@ async fn receive_and_commit(
     let view = node.cluster.view();
     let pool = resolve_pool(&view, &header.pool)?.clone();
     let codec = node.codecs.get(pool.k, pool.m).map_err(status_from_codec)?;
-    let created_unix_ms = now_unix_ms();
+    let stripe_data = pool.k as usize * pool.chunk_size as usize;
+    let resume = match header.upload.take() {
+        Some(u) => Some(resume_point(&node, &view, &pool, &header, u).await?),
+        None => None,
+    };
+    let created_unix_ms = resume
+        .as_ref()
+        .map_or_else(now_unix_ms, |r| r.record.created_unix_ms);
+    let object_id = match &resume {
+        Some(r) => {
+            let mut id = [0u8; 16];
+            id.copy_from_slice(&r.record.object_id);
+            id
+        }
+        None => new_object_id(&header.bucket, &header.key, created_unix_ms),
+    };
     let ctx = Arc::new(PutContext {
         node: node.clone(),
         view: view.clone(),
         codec,
-        object_id: new_object_id(&header.bucket, &header.key, created_unix_ms),
+        object_id,
         created_unix_ms,
         pool,
     });
-    progress.ctx = Some(ctx.clone());
-    let (k, width, chunk) = (
-        ctx.pool.k as usize,
+    let (width, chunk) = (
         (ctx.pool.k + ctx.pool.m) as usize,
         ctx.pool.chunk_size as usize,
     );
-    let stripe_data = k * chunk;
     let window = node.tuning.stripes_in_flight.max(1);
     let mut inflight: FuturesOrdered<StripeTask> = FuturesOrdered::new();
     let mut done: Vec<StripeDone> = Vec::new();
     let mut hasher = blake3::Hasher::new();
     let mut total: u64 = 0;
     let mut stripe_no: u64 = 0;
+    // Stripes that are whole and so may be recorded for a resume (a short last stripe is
+    // never recorded: a resume always sends it again).
+    let mut recordable = 0u64;
+    let recorder = match resume {
+        None => {
+            // A plain put takes its shards back when it fails.
+            progress.ctx = Some(ctx.clone());
+            None
+        }
+        Some(r) => {
+            let skip = r.skip as usize;
+            recordable = r.record.size / stripe_data as u64;
+            if skip > 0 {
+                let prefix = pb::Manifest {
+                    bucket: header.bucket.clone(),
+                    key: header.key.clone(),
+                    pool: ctx.pool.name.clone(),
+                    object_id: Bytes::copy_from_slice(&ctx.object_id),
+                    size: skip as u64 * stripe_data as u64,
+                    k: ctx.pool.k,
+                    m: ctx.pool.m,
+                    chunk_size: ctx.pool.chunk_size,
+                    missing: r.record.stripes[..skip].iter().map(|s| s.missing).collect(),
+                    shard_hashes: r.record.stripes[..skip]
+                        .iter()
+                        .map(|s| s.shard_hashes.clone())
+                        .collect(),
+                    ..Default::default()
+                };
+                super::get::hash_stored(
+                    node.clone(),
+                    view.clone(),
+                    ctx.pool.clone(),
+                    prefix,
+                    &mut hasher,
+                )
+                .await
+                .map_err(|e| {
+                    Status::new(
+                        e.code(),
+                        format!(
+                            "reading back the upload's committed stripes failed: {}; retry, or start a new upload",
+                            e.message()
+                        ),
+                    )
+                })?;
+                done.extend(r.record.stripes[..skip].iter().map(|s| StripeDone {
+                    hashes: s.shard_hashes.clone(),
+                    missing: s.missing,
+                }));
+                total = skip as u64 * stripe_data as u64;
+                stripe_no = skip as u64;
+                node.metrics.uploads_resumed.inc();
+                node.metrics.upload_bytes_skipped.inc_by(total);
+                tracing::info!(
+                    upload = hex::encode(&r.record.upload_id),
+                    skipped_stripes = skip,
+                    "resuming an upload"
+                );
+            }
+            let mut header_rec = r.record;
+            header_rec.stripes.truncate(skip);
+            Some((
+                uploads::Recorder::start(node.clone(), ctx.pool.clone(), header_rec.clone()),
+                header_rec.upload_id,
+            ))
+        }
+    };
     let mut buf: Option<BytesMut> = None;
     let mut permit: Option<OwnedSemaphorePermit> = None;
     let mut filled = 0usize;
 
     let mut transfer = node.metrics.client_transfer("put");
     let mut finish: Option<pb::PutObjectFinish> = None;
-    while let Some(msg) = next_message(&mut stream).await? {
+    loop {
+        let msg = match next_message(&mut stream).await {
+            Ok(Some(msg)) => msg,
+            Ok(None) => break,
+            Err(e) => {
+                settle(&mut inflight, &mut done, &recorder, recordable).await;
+                return Err(e);
+            }
+        };
         if finish.is_some() {
             return Err(Status::invalid_argument(
                 "a message arrived after the finish message: finish must be last",
@@ -223,6 +317,7 @@ async fn receive_and_commit(
                 if inflight.len() >= window {
                     if let Some(r) = inflight.next().await {
                         done.push(joined(r)?);
+                        note_done(&recorder, &done, recordable).await;
                     }
                 }
                 if let Some(b) = buf.take() {
@@ -239,10 +334,19 @@ async fn receive_and_commit(
                 filled = 0;
             }
         }
+        // Record stripes as soon as they are durable, not only when the window is full, so
+        // an interruption costs a resume the stripes still in flight and no more.
+        if recorder.is_some() {
+            while let Some(Some(r)) = inflight.next().now_or_never() {
+                done.push(joined(r)?);
+                note_done(&recorder, &done, recordable).await;
+            }
+        }
     }
     // tonic reports a client's cancel as a clean end of stream, so only an
     // explicit finish tells a complete upload from an abandoned one.
     let Some(finish) = finish else {
+        settle(&mut inflight, &mut done, &recorder, recordable).await;
         return Err(Status::cancelled(
             "upload ended without a finish message (client cancelled?); nothing was stored: send header, chunks, then finish",
         ));
@@ -261,6 +365,7 @@ async fn receive_and_commit(
     }
     while let Some(r) = inflight.next().await {
         done.push(joined(r)?);
+        note_done(&recorder, &done, recordable).await;
     }
     for declared in [header.size, finish.size].into_iter().flatten() {
         if total != declared {
@@ -323,12 +428,153 @@ async fn receive_and_commit(
         )));
     }
     progress.committing = true;
+    let (bucket, key) = (manifest.bucket.clone(), manifest.key.clone());
     manifests::write(&node, &view, &commit_pool, manifest).await?;
     transfer.succeeded();
+    if let Some((recorder, id)) = recorder {
+        let (node, pool) = (node.clone(), commit_pool.clone());
+        tokio::spawn(async move {
+            recorder.flush().await;
+            uploads::forget(node, pool, bucket, key, id).await;
+        });
+    }
     Ok(pb::PutObjectResponse {
         info: Some(info),
         degraded_stripes: degraded,
     })
+}
+
+/// Where a resumable put starts: the upload's record (from this put's own header when it
+/// starts over) and the stripes the client skips.
+struct Resume {
+    record: pb::UploadRecord,
+    skip: u64,
+}
+
+/// Checks a resume against the upload's record: same size, and the skipped stripes are the
+/// ones recorded (by their data-shard hashes). Anything else is FAILED_PRECONDITION telling
+/// the client to start a new upload.
+async fn resume_point(
+    node: &Arc<Node>,
+    view: &Arc<MapView>,
+    pool: &pb::PoolMap,
+    header: &pb::PutObjectHeader,
+    u: pb::UploadResume,
+) -> Result<Resume, Status> {
+    uploads::check_upload_id(&u.upload_id)?;
+    let Some(size) = header.size else {
+        return Err(Status::invalid_argument(
+            "a resumable upload must declare its size in the header",
+        ));
+    };
+    let id = hex::encode(&u.upload_id);
+    if u.skip_stripes == 0 {
+        let now = now_unix_ms();
+        return Ok(Resume {
+            record: pb::UploadRecord {
+                upload_id: u.upload_id,
+                pool: pool.name.clone(),
+                bucket: header.bucket.clone(),
+                key: header.key.clone(),
+                object_id: Bytes::copy_from_slice(&new_object_id(&header.bucket, &header.key, now)),
+                created_unix_ms: now,
+                size,
+                k: pool.k,
+                m: pool.m,
+                chunk_size: pool.chunk_size,
+                stripes: Vec::new(),
+            },
+            skip: 0,
+        });
+    }
+    let start_over = "start a new upload (`potluck put --new-upload`, or skip no stripes)";
+    let Some(record) =
+        uploads::load(node, view, pool, &header.bucket, &header.key, &u.upload_id).await?
+    else {
+        return Err(Status::failed_precondition(format!(
+            "upload {id} of {}/{} is not in progress (finished, or expired after {}s); {start_over}",
+            header.bucket,
+            header.key,
+            uploads::resumable_for(node).as_secs()
+        )));
+    };
+    if record.size != size {
+        return Err(Status::failed_precondition(format!(
+            "upload {id} was started for {} bytes, this put declares {size}: a different file; {start_over}",
+            record.size
+        )));
+    }
+    if (record.k, record.m, record.chunk_size) != (pool.k, pool.m, pool.chunk_size) {
+        return Err(Status::failed_precondition(format!(
+            "upload {id} was started with {}+{} stripes of {} byte chunks, the pool now has {}+{} of {}; {start_over}",
+            record.k, record.m, record.chunk_size, pool.k, pool.m, pool.chunk_size
+        )));
+    }
+    let have = record.stripes.len() as u64;
+    if u.skip_stripes > have {
+        return Err(Status::failed_precondition(format!(
+            "upload {id} has {have} stripes committed, the client skips {}; ask GetUpload again or {start_over}",
+            u.skip_stripes
+        )));
+    }
+    let digest =
+        uploads::skipped_digest(&record.stripes[..u.skip_stripes as usize], pool.k as usize);
+    if u.skipped_digest.as_ref() != digest.as_slice() {
+        return Err(Status::failed_precondition(format!(
+            "the first {} stripes of upload {id} differ from the ones sent before: the input changed; {start_over}",
+            u.skip_stripes
+        )));
+    }
+    Ok(Resume {
+        record,
+        skip: u.skip_stripes,
+    })
+}
+
+/// When a resumable put's client goes away, lets the stripes already in flight finish and
+/// records them in order (up to the first that fails), so a resume need not send them again.
+/// A plain put does not wait: its stripes are aborted and taken back.
+async fn settle(
+    inflight: &mut FuturesOrdered<StripeTask>,
+    done: &mut Vec<StripeDone>,
+    recorder: &Option<(uploads::Recorder, Bytes)>,
+    recordable: u64,
+) {
+    if recorder.is_none() {
+        return;
+    }
+    while let Some(r) = inflight.next().await {
+        match joined(r) {
+            Ok(d) => {
+                done.push(d);
+                note_done(recorder, done, recordable).await;
+            }
+            Err(e) => {
+                tracing::debug!("a stripe of an interrupted upload failed: {e}");
+                return;
+            }
+        }
+    }
+}
+
+/// Hands the newest finished stripe to the recorder if it is whole.
+async fn note_done(
+    recorder: &Option<(uploads::Recorder, Bytes)>,
+    done: &[StripeDone],
+    recordable: u64,
+) {
+    let Some((recorder, _)) = recorder else {
+        return;
+    };
+    let Some(last) = done.last() else { return };
+    if (done.len() as u64) <= recordable {
+        recorder
+            .stripe_done(pb::UploadStripe {
+                shard_hashes: last.hashes.clone(),
+                missing: last.missing,
+            })
+            .await;
+    }
 }
 
 /// Longest silence between two messages of an upload. A client that stops sending part

@@ -5,7 +5,8 @@
 //! stale; entries of deleted versions simply age out. The cache holds a stripe's k data shards
 //! and is bounded by their bytes.
 
-use std::sync::Mutex;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use lru::LruCache;
@@ -15,6 +16,28 @@ type Key = ([u8; 16], u64);
 pub struct StripeCache {
     budget: usize,
     inner: Mutex<Inner>,
+    /// Stripes being fetched for the cache right now, so that readers of one stripe wait for
+    /// the first one's fetch instead of each asking the holders.
+    fills: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Held while this reader fetches a stripe for the cache (see [`StripeCache::fill_guard`]).
+pub struct FillGuard<'a> {
+    cache: &'a StripeCache,
+    key: Key,
+    lock: Arc<tokio::sync::Mutex<()>>,
+    _held: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl Drop for FillGuard<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut fills) = self.cache.fills.lock() {
+            // The map, this guard's handle and its lock guard: nobody else waits.
+            if Arc::strong_count(&self.lock) <= 3 {
+                fills.remove(&self.key);
+            }
+        }
+    }
 }
 
 struct Inner {
@@ -31,7 +54,31 @@ impl StripeCache {
                 lru: LruCache::unbounded(),
                 bytes: 0,
             }),
+            fills: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Waits until no other reader of this agent is fetching stripe `stripe` of object `id`
+    /// and returns a guard: the caller looks in the cache again and, on a miss, fetches the
+    /// stripe and puts it before dropping the guard. Readers of a popular object move in
+    /// step, so without this each of them would miss the same stripe at once and fetch it
+    /// from the holders. `None` when the cache is off.
+    pub async fn fill_guard(&self, id: &[u8; 16], stripe: u64) -> Option<FillGuard<'_>> {
+        if self.budget == 0 {
+            return None;
+        }
+        let key = (*id, stripe);
+        let lock = {
+            let mut fills = self.fills.lock().ok()?;
+            fills.entry(key).or_default().clone()
+        };
+        let held = lock.clone().lock_owned().await;
+        Some(FillGuard {
+            cache: self,
+            key,
+            lock,
+            _held: held,
+        })
     }
 
     /// The data shards of stripe `stripe` of object `id`, when cached.
@@ -112,5 +159,24 @@ mod tests {
         let off = StripeCache::new(0);
         off.put(&[1; 16], 0, stripe(1));
         assert!(off.get(&[1; 16], 0).is_none());
+    }
+
+    #[tokio::test]
+    async fn one_reader_fills_a_stripe_at_a_time() {
+        let c = StripeCache::new(1 << 20);
+        let first = c.fill_guard(&[1; 16], 0).await.expect("cache on");
+        // Another stripe is not held up.
+        drop(c.fill_guard(&[1; 16], 1).await.expect("cache on"));
+        let waiter = c.fill_guard(&[1; 16], 0);
+        tokio::pin!(waiter);
+        let early = tokio::time::timeout(std::time::Duration::from_millis(50), waiter.as_mut());
+        assert!(
+            early.await.is_err(),
+            "the second reader waits for the first"
+        );
+        drop(first);
+        drop(waiter.await.expect("cache on"));
+        assert!(c.fills.lock().unwrap().is_empty(), "no fill left behind");
+        assert!(StripeCache::new(0).fill_guard(&[1; 16], 0).await.is_none());
     }
 }
