@@ -101,6 +101,56 @@ impl ControlPlane {
         cp
     }
 
+    /// A control plane with the CRDs established and `deploy/`'s namespace and RBAC
+    /// applied: what agents and the operator need before they start.
+    pub fn start_with_potluck_rbac(dir: &Path) -> ControlPlane {
+        let cp = Self::start(dir);
+        let crds = repo_root().join("deploy/crds.yaml");
+        let crds = crds.to_str().expect("utf-8 path");
+        cp.kubectl_ok(&["apply", "--server-side", "-f", crds], None);
+        cp.kubectl_ok(
+            &[
+                "wait",
+                "--for=condition=Established",
+                "crd/storagenodes.potluck.dev",
+                "--timeout=60s",
+            ],
+            None,
+        );
+        for file in ["deploy/00-namespace.yaml", "deploy/10-rbac.yaml"] {
+            let path = repo_root().join(file);
+            cp.kubectl_ok(&["apply", "-f", path.to_str().expect("utf-8 path")], None);
+        }
+        cp
+    }
+
+    /// A kubeconfig that impersonates `user` (e.g. a ServiceAccount), so a process using
+    /// it gets no more than RBAC grants that user.
+    pub fn kubeconfig_as(&self, user: &str) -> PathBuf {
+        let admin = std::fs::read_to_string(&self.kubeconfig).expect("read kubeconfig");
+        let mut out = String::new();
+        for line in admin.lines() {
+            out.push_str(line);
+            out.push('\n');
+            if line.trim_start().starts_with("token:") {
+                let indent = &line[..line.len() - line.trim_start().len()];
+                out.push_str(&format!("{indent}as: {user}\n"));
+            }
+        }
+        assert!(
+            out.contains(user),
+            "no token in {}",
+            self.kubeconfig.display()
+        );
+        let name: String = user
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        let path = self.dir.join(format!("kubeconfig-{name}"));
+        std::fs::write(&path, out).expect("write kubeconfig");
+        path
+    }
+
     pub fn pids(&self) -> Vec<u32> {
         ["etcd", "kube-apiserver"]
             .iter()

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use pb::agent_control_client::AgentControlClient;
 use potluck_cli::fleet::{find_agent_bin, log_tail, parse_ready_line, ReadyLine, READY_PREFIX};
-use potluck_e2e::control_plane::{repo_root, ControlPlane};
+use potluck_e2e::control_plane::ControlPlane;
 use potluck_e2e::{metric_matching, wait_until};
 use potluck_operator::cluster_map::{next_map, MemberSpec};
 use potluck_proto::v1 as pb;
@@ -117,51 +117,6 @@ impl Drop for AgentProc {
     }
 }
 
-/// A control plane with the CRDs established and the agent's namespace.
-fn control_plane(dir: &Path) -> ControlPlane {
-    let cp = ControlPlane::start(dir);
-    let crds = repo_root().join("deploy/crds.yaml");
-    let crds = crds.to_str().expect("utf-8 path");
-    cp.kubectl_ok(&["apply", "--server-side", "-f", crds], None);
-    cp.kubectl_ok(
-        &[
-            "wait",
-            "--for=condition=Established",
-            "crd/storagenodes.potluck.dev",
-            "--timeout=60s",
-        ],
-        None,
-    );
-    for file in ["deploy/00-namespace.yaml", "deploy/10-rbac.yaml"] {
-        let path = repo_root().join(file);
-        cp.kubectl_ok(&["apply", "-f", path.to_str().expect("utf-8 path")], None);
-    }
-    cp
-}
-
-/// A kubeconfig that acts as the agent's ServiceAccount, so the agent gets
-/// no more than deploy/10-rbac.yaml grants it.
-fn agent_kubeconfig(cp: &ControlPlane) -> PathBuf {
-    let admin = std::fs::read_to_string(&cp.kubeconfig).expect("read kubeconfig");
-    let mut out = String::new();
-    for line in admin.lines() {
-        out.push_str(line);
-        out.push('\n');
-        if line.trim_start().starts_with("token:") {
-            let indent = &line[..line.len() - line.trim_start().len()];
-            out.push_str(&format!("{indent}as: {AGENT_SA}\n"));
-        }
-    }
-    assert!(
-        out.contains(AGENT_SA),
-        "no token in {}",
-        cp.kubeconfig.display()
-    );
-    let path = cp.dir.join("agent-kubeconfig");
-    std::fs::write(&path, out).expect("write agent kubeconfig");
-    path
-}
-
 fn get_json(cp: &ControlPlane, args: &[&str]) -> Value {
     let mut all = vec!["get"];
     all.extend_from_slice(args);
@@ -183,7 +138,7 @@ fn args(list: &[&str]) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn storage_node_comes_from_the_node_and_a_persons_drain_survives_restart() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let cp = control_plane(&dir.path().join("cp"));
+    let cp = ControlPlane::start_with_potluck_rbac(&dir.path().join("cp"));
     // Nodes can be created through the API without a kubelet.
     cp.kubectl_ok(
         &["apply", "-f", "-"],
@@ -214,7 +169,7 @@ async fn storage_node_comes_from_the_node_and_a_persons_drain_survives_restart()
         "3",
     ]);
     let log = dir.path().join("agent.log");
-    let agent = AgentProc::start(&agent_args, Some(&agent_kubeconfig(&cp)), &log).await;
+    let agent = AgentProc::start(&agent_args, Some(&cp.kubeconfig_as(AGENT_SA)), &log).await;
     assert_eq!(agent.ready.id, "worker-1");
 
     let node = get_json(&cp, &["storagenode", "worker-1"]);
@@ -260,7 +215,7 @@ async fn storage_node_comes_from_the_node_and_a_persons_drain_survives_restart()
         None,
     );
     agent.kill().await;
-    let agent = AgentProc::start(&agent_args, Some(&agent_kubeconfig(&cp)), &log).await;
+    let agent = AgentProc::start(&agent_args, Some(&cp.kubeconfig_as(AGENT_SA)), &log).await;
     let node = get_json(&cp, &["storagenode", "worker-1"]);
     assert_eq!(
         node["spec"]["endpoint"],
@@ -277,7 +232,7 @@ async fn storage_node_comes_from_the_node_and_a_persons_drain_survives_restart()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lease_is_renewed_and_a_deleted_storage_node_comes_back() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let cp = control_plane(&dir.path().join("cp"));
+    let cp = ControlPlane::start_with_potluck_rbac(&dir.path().join("cp"));
     let data = dir.path().join("data");
     let agent_args = args(&[
         "--kubernetes",
@@ -303,7 +258,7 @@ async fn lease_is_renewed_and_a_deleted_storage_node_comes_back() {
     ]);
     let agent = AgentProc::start(
         &agent_args,
-        Some(&agent_kubeconfig(&cp)),
+        Some(&cp.kubeconfig_as(AGENT_SA)),
         &dir.path().join("a.log"),
     )
     .await;

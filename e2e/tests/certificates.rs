@@ -24,7 +24,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client};
 use potluck_api::{Bucket, BucketSpec, NodePhase, StorageNode};
 use potluck_cli::fleet::{find_agent_bin, log_tail, parse_ready_line, READY_PREFIX};
-use potluck_e2e::control_plane::{repo_root, ControlPlane};
+use potluck_e2e::control_plane::ControlPlane;
 use potluck_e2e::{http_get, wait_until};
 use potluck_operator::map_store::MapStore;
 use potluck_tls::{client_config, member_server_name, ClusterCa, Subject};
@@ -103,52 +103,6 @@ async fn start(
     (proc, line)
 }
 
-fn control_plane(dir: &Path) -> ControlPlane {
-    let cp = ControlPlane::start(dir);
-    let crds = repo_root().join("deploy/crds.yaml");
-    cp.kubectl_ok(
-        &[
-            "apply",
-            "--server-side",
-            "-f",
-            crds.to_str().expect("utf-8"),
-        ],
-        None,
-    );
-    cp.kubectl_ok(
-        &[
-            "wait",
-            "--for=condition=Established",
-            "crd/storagenodes.potluck.dev",
-            "--timeout=60s",
-        ],
-        None,
-    );
-    for file in ["deploy/00-namespace.yaml", "deploy/10-rbac.yaml"] {
-        let path = repo_root().join(file);
-        cp.kubectl_ok(&["apply", "-f", path.to_str().expect("utf-8")], None);
-    }
-    cp
-}
-
-/// A kubeconfig acting as the agent's ServiceAccount.
-fn agent_kubeconfig(cp: &ControlPlane) -> PathBuf {
-    let admin = std::fs::read_to_string(&cp.kubeconfig).expect("read kubeconfig");
-    let mut out = String::new();
-    for line in admin.lines() {
-        out.push_str(line);
-        out.push('\n');
-        if line.trim_start().starts_with("token:") {
-            let indent = &line[..line.len() - line.trim_start().len()];
-            out.push_str(&format!("{indent}as: {AGENT_SA}\n"));
-        }
-    }
-    assert!(out.contains(AGENT_SA), "no token in the kubeconfig");
-    let path = cp.dir.join("agent-kubeconfig");
-    std::fs::write(&path, out).expect("write agent kubeconfig");
-    path
-}
-
 async fn admin_client(cp: &ControlPlane) -> Client {
     let kubeconfig = Kubeconfig::read_from(&cp.kubeconfig).expect("kubeconfig");
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
@@ -199,7 +153,7 @@ async fn served_serial(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_keeps_the_ca_signs_a_members_csr_and_publishes_its_revocation() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let cp = control_plane(&dir.path().join("cp"));
+    let cp = ControlPlane::start_with_potluck_rbac(&dir.path().join("cp"));
     let client = admin_client(&cp).await;
     let agent_bin = find_agent_bin().expect("potluck-agent is built");
     let operator_bin = agent_bin.with_file_name("potluck-operator");
@@ -261,7 +215,7 @@ async fn operator_keeps_the_ca_signs_a_members_csr_and_publishes_its_revocation(
             "--tls-reload-secs",
             "1",
         ],
-        &agent_kubeconfig(&cp),
+        &cp.kubeconfig_as(AGENT_SA),
         &dir.path().join("agent.log"),
         READY_PREFIX,
     )
