@@ -101,22 +101,29 @@ impl ControlPlane {
         cp
     }
 
-    /// A control plane with the CRDs established and `deploy/`'s namespace and RBAC
-    /// applied: what agents and the operator need before they start.
-    pub fn start_with_potluck_rbac(dir: &Path) -> ControlPlane {
-        let cp = Self::start(dir);
+    /// Applies `deploy/crds.yaml` (server-side, as `kubectl apply -f deploy/` would) and
+    /// waits until the pool and member kinds are served.
+    pub fn install_crds(&self) {
         let crds = repo_root().join("deploy/crds.yaml");
         let crds = crds.to_str().expect("utf-8 path");
-        cp.kubectl_ok(&["apply", "--server-side", "-f", crds], None);
-        cp.kubectl_ok(
+        self.kubectl_ok(&["apply", "--server-side", "-f", crds], None);
+        self.kubectl_ok(
             &[
                 "wait",
                 "--for=condition=Established",
+                "crd/storagepools.potluck.dev",
                 "crd/storagenodes.potluck.dev",
                 "--timeout=60s",
             ],
             None,
         );
+    }
+
+    /// A control plane with the CRDs established and `deploy/`'s namespace and RBAC
+    /// applied: what agents and the operator need before they start.
+    pub fn start_with_potluck_rbac(dir: &Path) -> ControlPlane {
+        let cp = Self::start(dir);
+        cp.install_crds();
         for file in ["deploy/00-namespace.yaml", "deploy/10-rbac.yaml"] {
             let path = repo_root().join(file);
             cp.kubectl_ok(&["apply", "-f", path.to_str().expect("utf-8 path")], None);

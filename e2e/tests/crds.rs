@@ -21,19 +21,9 @@ fn node(name: &str, endpoint: &str) -> String {
 fn generated_crds_apply_and_the_api_server_enforces_their_rules() {
     let dir = tempfile::tempdir().expect("temp dir");
     let cp = ControlPlane::start(dir.path());
+    cp.install_crds();
     let crds = repo_root().join("deploy/crds.yaml");
     let crds = crds.to_str().expect("utf-8 path");
-    cp.kubectl_ok(&["apply", "--server-side", "-f", crds], None);
-    cp.kubectl_ok(
-        &[
-            "wait",
-            "--for=condition=Established",
-            "crd/storagepools.potluck.dev",
-            "crd/storagenodes.potluck.dev",
-            "--timeout=60s",
-        ],
-        None,
-    );
     // Server-side dry run of the same file is clean too.
     cp.kubectl_ok(&["apply", "--dry-run=server", "-f", crds], None);
 

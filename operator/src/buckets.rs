@@ -118,6 +118,17 @@ pub fn read_secret(secret: &Secret) -> Result<KeyMaterial, BucketError> {
     })
 }
 
+pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+
+/// The labels of Secrets the operator makes for Buckets; `managed-by` is how it later tells
+/// its own Secrets from an admin's.
+pub fn managed_labels() -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (MANAGED_BY.to_owned(), crate::controller::MANAGER.to_owned()),
+        ("app.kubernetes.io/part-of".to_owned(), "potluck".to_owned()),
+    ])
+}
+
 /// A new credentials Secret for `bucket`, owned by it so that deleting the Bucket deletes it.
 pub fn new_secret(bucket: &Bucket, name: &str) -> Secret {
     let (id, secret) = generate_credentials();
@@ -132,13 +143,7 @@ pub fn new_secret(bucket: &Bucket, name: &str) -> Secret {
             name: Some(name.to_owned()),
             namespace: bucket.namespace(),
             owner_references: bucket.controller_owner_ref(&()).map(|r| vec![r]),
-            labels: Some(BTreeMap::from([
-                (
-                    "app.kubernetes.io/managed-by".to_owned(),
-                    crate::controller::MANAGER.to_owned(),
-                ),
-                ("app.kubernetes.io/part-of".to_owned(), "potluck".to_owned()),
-            ])),
+            labels: Some(managed_labels()),
             ..Default::default()
         },
         type_: Some("Opaque".to_owned()),

@@ -21,13 +21,13 @@ use kube::{Api, Resource, ResourceExt};
 use potluck_api::Bucket;
 use potluck_tls::{serial_hex, ClusterCa, Subject};
 
+use crate::buckets::{managed_labels, MANAGED_BY};
 use crate::certificates::{renew_at, CertError};
 
 pub const SECRET_SUFFIX: &str = "-client-tls";
 /// Unix seconds after which the operator issues a new certificate.
 pub const RENEW_AFTER: &str = "potluck.dev/renew-after";
 pub const SERIAL: &str = "potluck.dev/serial";
-const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 
 /// The name of a Bucket's client-certificate Secret, in the Bucket's namespace.
 pub fn secret_name(bucket: &Bucket) -> String {
@@ -97,10 +97,7 @@ pub fn issue(
             name: Some(secret_name(bucket)),
             namespace: bucket.namespace(),
             owner_references: bucket.controller_owner_ref(&()).map(|r| vec![r]),
-            labels: Some(BTreeMap::from([
-                (MANAGED_BY.to_owned(), crate::controller::MANAGER.to_owned()),
-                ("app.kubernetes.io/part-of".to_owned(), "potluck".to_owned()),
-            ])),
+            labels: Some(managed_labels()),
             annotations: Some(BTreeMap::from([
                 (RENEW_AFTER.to_owned(), renew.to_string()),
                 (SERIAL.to_owned(), serial.clone()),
