@@ -232,28 +232,28 @@ async fn read_stripe(
         .collect();
     let mut object_id = [0u8; 16];
     object_id.copy_from_slice(&m.object_id);
-    if let Some(cached) = ctx.node.stripe_cache.get(&object_id, s) {
+    let cached = || {
+        let hit = ctx.node.stripe_cache.get(&object_id, s)?;
         ctx.node
             .metrics
             .stripe_cache
             .with_label_values(&["hit"])
             .inc();
-        return slice_pieces(&cached, &needed, shard_len, &rel, s);
+        Some(hit)
+    };
+    if let Some(hit) = cached() {
+        return slice_pieces(&hit, &needed, shard_len, &rel, s);
     }
     // A whole-stripe read fills the cache: one reader per stripe at a time, the others find
     // what it fetched.
-    let fill = match needed.len() == k {
-        true => ctx.node.stripe_cache.fill_guard(&object_id, s).await,
-        false => None,
+    let fill = if needed.len() == k {
+        ctx.node.stripe_cache.fill_guard(&object_id, s).await
+    } else {
+        None
     };
     if fill.is_some() {
-        if let Some(cached) = ctx.node.stripe_cache.get(&object_id, s) {
-            ctx.node
-                .metrics
-                .stripe_cache
-                .with_label_values(&["hit"])
-                .inc();
-            return slice_pieces(&cached, &needed, shard_len, &rel, s);
+        if let Some(hit) = cached() {
+            return slice_pieces(&hit, &needed, shard_len, &rel, s);
         }
     }
     ctx.node
